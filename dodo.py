@@ -1,0 +1,45 @@
+"""doit entry point: `doit release manifest=NAME` (default: rpi_detector.yaml).
+
+Thin on purpose: the plan and every action live in release/, and nothing heavy (torch,
+onnxruntime, mlflow) is imported here, so a no-op build costs a fraction of a second.
+"""
+
+from doit import get_var
+
+from release import tasks
+
+DOIT_CONFIG = {
+    "dep_file": "artifacts/.doit.db",
+    "backend": "sqlite3",
+    "default_tasks": ["release"],
+    "verbosity": 1,
+}
+
+PLAN = tasks.plan_for(get_var("manifest", "rpi_detector.yaml"))
+
+
+def task_demo():
+    """the bundled demo: synthetic data and a trained detector checkpoint"""
+    yield from tasks.demo_tasks(PLAN)
+
+
+def task_stage():
+    """one task per pipeline stage instance (equal prefixes shared)"""
+    yield from tasks.stage_tasks(PLAN)
+
+
+def task_measure():
+    """size, latency and COCO mAP of each variant's ONNX file"""
+    yield from tasks.measure_tasks(PLAN)
+
+
+def task_gate():
+    yield tasks.gate_task(PLAN)
+
+
+def task_publish():
+    yield tasks.publish_task(PLAN)
+
+
+def task_release():
+    return tasks.release_task(PLAN)

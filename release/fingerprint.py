@@ -1,0 +1,88 @@
+"""Fingerprints: content hashes that chain through the pipeline, and a stat cache for large files.
+
+A stage's fingerprint covers what can change its output: its name, version and source code, its
+params, its input's fingerprint, the versions of the tools it calls, and the content of any data it
+reads. Never timestamps or absolute paths. Hashing a 125 MB checkpoint on every no-op would be slow,
+so file hashes are cached by (path, size, mtime) like DVC does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TOOLS = ("torch", "onnx", "onnxruntime", "release")
+
+
+def digest(*parts: Any) -> str:
+    """sha256 of a canonical JSON rendering of `parts`."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tool_versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
+    """Installed versions from package metadata: costs no import of the tools themselves."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+class HashCache:
+    """sha256 of files, remembered by (size, mtime_ns) in a json file under artifacts/."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._dirty = False
+        try:
+            self._entries: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self._entries = {}
+
+    def file(self, path: Path) -> str:
+        path = Path(path)
+        st = path.stat()
+        key = str(path.resolve())
+        entry = self._entries.get(key)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return entry[2]
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+        self._entries[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        self._dirty = True
+        return h.hexdigest()
+
+    def folder(self, path: Path, names: list[str] | None = None) -> str:
+        """Hash of the named files (or every file) of a folder, by relative name and content."""
+        path = Path(path)
+        names = sorted(names) if names is not None else sorted(
+            str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        return digest([(n, self.file(path / n)) for n in names])
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        from release.atomic import write_text
+
+        # Merge with what another process (a parallel doit worker) may have written meanwhile.
+        try:
+            on_disk = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            on_disk = {}
+        on_disk.update(self._entries)
+        write_text(self.path, json.dumps(on_disk))
+        self._dirty = False
+
+
+def source_hash(path: Path) -> str:
+    """sha256 of a source file (a stage's or a model's code)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and os.path.isfile(path) else "none"

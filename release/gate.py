@@ -1,0 +1,90 @@
+"""The budget gate: one table of every variant against every budget, and the choice of release.
+
+A missed budget is a failure (an expected "no"), not an error: the table says what each variant
+missed and by how much. Gate decisions read only the measurement files, never a tracking server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHECKS = (  # budget field, figure in the row, direction, label, unit
+    ("size_mb", "size_mb", "max", "size", "MB"),
+    ("latency_ms", "latency_ms", "max", "latency", "ms"),
+    ("min_map", "map", "min", "mAP", ""),
+)
+
+
+def judge(row: dict, budget: dict) -> list[dict]:
+    """The checks of one variant: value, limit, margin (positive = headroom) and pass."""
+    checks = []
+    for key, figure, direction, label, unit in CHECKS:
+        limit = budget.get(key)
+        if limit is None:
+            continue
+        value = row[figure]
+        margin = (limit - value) if direction == "max" else (value - limit)
+        checks.append({"budget": key, "label": label, "unit": unit, "value": value, "limit": limit,
+                       "direction": direction, "margin": margin, "pass": margin >= 0})
+    return checks
+
+
+def select(rows: dict[str, dict], rule: str) -> str | None:
+    passing = {name: row for name, row in rows.items() if row["pass"]}
+    if not passing:
+        return None
+    key = {"best_map": lambda r: (-r["map"], r["latency_ms"], r["size_mb"]),
+           "smallest": lambda r: (r["size_mb"], -r["map"]),
+           "fastest": lambda r: (r["latency_ms"], -r["map"])}[rule]
+    return min(sorted(passing), key=lambda name: key(passing[name]))
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:.3f}" if unit in ("", "MB") else f"{value:.2f}"
+
+
+def table(report: dict) -> str:
+    """The gate table as fixed-width text (also valid inside a markdown code block)."""
+    budget = report["budget"]
+    header = ["variant", "size MB", "latency ms", "mAP", "mAP@.5"]
+    for key, _, direction, label, unit in CHECKS:
+        if budget.get(key) is not None:
+            header.append(f"{label} {'<=' if direction == 'max' else '>='} {_fmt(budget[key], unit)}")
+    header.append("result")
+    lines = [header]
+    for name, row in report["variants"].items():
+        cells = [name + (" *" if name == report.get("selected") else ""), f"{row['size_mb']:.3f}",
+                 f"{row['latency_ms']:.2f}", f"{row['map']:.3f}", f"{row['map50']:.3f}"]
+        for check in row["checks"]:
+            sign = "+" if check["margin"] >= 0 else "-"
+            cells.append(f"{'pass' if check['pass'] else 'FAIL'} {sign}{_fmt(abs(check['margin']), check['unit'])}")
+        cells.append("pass" if row["pass"] else "FAIL")
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    latency = report.get("latency_provenance", "")
+    notes = ["margins: + is headroom, - is how far a budget was missed"]
+    if latency:
+        notes.append(latency)
+    if report.get("selected"):
+        notes.append(f"* released: {report['selected']} (select: {report['select']})")
+    else:
+        notes.append("no variant meets every budget: nothing released")
+    return "\n".join(text + [""] + notes)
+
+
+def missed(report: dict) -> str:
+    """One line per failing variant: what it missed and by how much."""
+    out = []
+    for name, row in report["variants"].items():
+        misses = [f"{c['label']} {_fmt(c['value'], c['unit'])}{c['unit'] and ' ' + c['unit']} vs "
+                  f"{'max' if c['direction'] == 'max' else 'min'} {_fmt(c['limit'], c['unit'])} "
+                  f"(by {_fmt(abs(c['margin']), c['unit'])})" for c in row["checks"] if not c["pass"]]
+        if misses:
+            out.append(f"  {name}: " + "; ".join(misses))
+    return "\n".join(out)
+
+
+def verdict(report: dict[str, Any]) -> bool:
+    return report.get("selected") is not None

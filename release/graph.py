@@ -1,0 +1,151 @@
+"""The build plan: a manifest -> fingerprinted stage, measurement and gate nodes, as doit tasks.
+
+Equal pipeline prefixes have equal fingerprints, so they are one node (and one task) however many
+variants (or manifests) share them. Outputs live under artifacts/stages/<stage>/<fingerprint>/.
+Building the plan imports no torch, onnxruntime or mlflow: it must cost little on a no-op build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from release import __version__, stages
+from release.fingerprint import HashCache, digest, source_hash, tool_versions
+from release.manifest import Manifest
+from release.model import module_file
+from release.stages.base import OUTPUT_FILE
+
+SPLITS = ("train", "calibration", "eval")
+DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train")
+
+
+def short(fp: str) -> str:
+    return fp[:16]
+
+
+@dataclass
+class StageNode:
+    stage: str
+    params: dict
+    fingerprint: str
+    input: Path
+    out_dir: Path
+    produces: str
+    data_deps: list[Path]
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> Path:
+        return self.out_dir / OUTPUT_FILE[self.produces]
+
+    @property
+    def record(self) -> Path:
+        return self.out_dir / "stage.json"
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.stage}@{self.fingerprint[:10]}"
+
+
+@dataclass
+class Plan:
+    manifest: Manifest
+    root: Path
+    artifacts: Path
+    source_fp: str
+    data_fp: dict[str, str]
+    nodes: dict[str, StageNode]           # fingerprint -> node, in build order
+    final: dict[str, StageNode]           # variant -> its last node
+    chains: dict[str, list[str]]          # variant -> fingerprints in pipeline order
+    demo_fp: dict[str, str]               # "data" / "train" -> fingerprint, when the manifest has a demo
+
+    @property
+    def release_dir(self) -> Path:
+        return self.artifacts / self.manifest.name
+
+    def measure_dir(self, node: StageNode) -> Path:
+        return self.artifacts / "measure" / short(node.fingerprint)
+
+    def size_file(self, node: StageNode) -> Path:
+        return self.measure_dir(node) / "size.json"
+
+    def map_file(self, node: StageNode) -> Path:
+        return self.measure_dir(node) / f"map-{short(self.map_key(node))}.json"
+
+    def latency_file(self, node: StageNode) -> Path:
+        return self.measure_dir(node) / f"latency-{short(self.latency_key(node))}.json"
+
+    def map_key(self, node: StageNode) -> str:
+        spec = self.manifest.model
+        return digest("map", node.fingerprint, self.data_fp["eval"], spec.adapter, spec.adapter_kwargs,
+                      source_hash(module_file(spec.adapter)), tool_versions(("onnxruntime", "pycocotools")))
+
+    def latency_key(self, node: StageNode) -> str:
+        t, m = self.manifest.target, self.manifest.measure
+        return digest("latency", node.fingerprint, t.threads, t.runner, m.warmup, m.runs,
+                      tool_versions(("onnxruntime",)), __version__)
+
+
+def _demo_fingerprints(manifest: Manifest) -> dict[str, str]:
+    demo = manifest.demo
+    code = {m: source_hash(module_file(m)) for m in DEMO_MODULES}
+    data = digest("demo-data", demo.seed, demo.image_size, demo.train_images, demo.calibration_images,
+                  demo.eval_images, code["release.demo.shapes"])
+    train = digest("demo-train", data, demo.steps, demo.batch_size, demo.lr, manifest.model.kwargs,
+                   code, tool_versions(("torch",)))
+    return {"data": data, "train": train}
+
+
+def build(manifest: Manifest, root: Path) -> Plan:
+    root = Path(root)
+    artifacts = root / "artifacts"
+    hashes = HashCache(artifacts / ".cache" / "hashes.json")
+    demo_fp = _demo_fingerprints(manifest) if manifest.demo else {}
+    if manifest.demo:
+        source_fp = demo_fp["train"]
+        data_fp = {s: digest(demo_fp["data"], s) for s in SPLITS}
+    else:
+        source_fp = hashes.file(manifest.source.checkpoint) if manifest.source.checkpoint.is_file() else "missing"
+        data_fp = {}
+        for split in SPLITS:
+            ref = getattr(manifest.data, split)
+            if ref is not None and ref.annotations.is_file() and ref.images.is_dir():
+                data_fp[split] = digest(hashes.file(ref.annotations), hashes.folder(ref.images), ref.limit)
+            elif ref is not None:
+                data_fp[split] = "missing"
+    hashes.save()
+
+    spec = manifest.model
+    model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
+                        spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
+    source = manifest.source
+    source_cfg = digest(source.format, source.weights, sorted(source.drop), source.trusted)
+
+    nodes: dict[str, StageNode] = {}
+    final: dict[str, StageNode] = {}
+    chains: dict[str, list[str]] = {}
+    for variant, pipeline in manifest.pipelines.items():
+        fp, current, chain = source_fp, manifest.source.checkpoint, []
+        for name, params in pipeline:
+            module = stages.load(name)
+            sspec = module.SPEC
+            reads = stages.reads(module, params)
+            params_dict = params.model_dump(mode="json")
+            fp = digest(
+                name, sspec.version, source_hash(module.__file__), params_dict, fp,
+                tool_versions(), [data_fp.get(s) for s in reads],
+                model_code if sspec.uses_model else None,
+                source_cfg if sspec.consumes == "checkpoint" else None,
+            )
+            if fp not in nodes:
+                deps = sorted({getattr(manifest.data, s).annotations for s in reads + sspec.checks})
+                nodes[fp] = StageNode(name, params_dict, fp, current,
+                                      artifacts / "stages" / name / short(fp), sspec.produces, deps)
+            node = nodes[fp]
+            node.variants.append(variant)
+            current = node.output
+            chain.append(fp)
+        final[variant] = nodes[fp]
+        chains[variant] = chain
+    return Plan(manifest, root, artifacts, source_fp, data_fp, nodes, final, chains, demo_fp)

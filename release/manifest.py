@@ -1,0 +1,340 @@
+"""The release manifest: schema, loading with YAML line numbers, and errors a user can act on.
+
+Every problem is reported at once, each with the file, the line, the field path, the value received
+and what was expected; unknown keys and stage names suggest the closest valid one. Paths in a
+manifest are relative to the project root (the folder `doit` runs in), like DVC's.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from release import stages
+from release.errors import ManifestError, did_you_mean
+
+SCHEMA_VERSION = 1
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataRef(Strict):
+    annotations: Path = Field(description="COCO-format annotations json")
+    images: Path = Field(description="folder holding the images the json names")
+    limit: int | None = Field(None, gt=0, description="use only the first N images by id")
+
+
+class Data(Strict):
+    train: DataRef | None = Field(None, description="training split (fine-tuning, distillation)")
+    calibration: DataRef | None = Field(None, description="calibration split for static quantization")
+    eval: DataRef = Field(description="evaluation split: every variant's mAP is measured on it")
+
+
+class Source(Strict):
+    checkpoint: Path = Field(description="the trained checkpoint to release")
+    format: Literal["auto", "state_dict", "lightning", "mmdet", "safetensors"] = "auto"
+    weights: Literal["auto", "ema", "raw"] = Field(
+        "auto", description="which copy to release when the checkpoint holds an EMA copy; auto prefers EMA")
+    drop: list[str] = Field(default_factory=list, description="glob patterns of training-only parameters")
+    trusted: bool = Field(False, description="allow full pickle loading (runs code from the file!)")
+
+
+class ModelSpec(Strict):
+    builder: str = Field(pattern=IMPORT_PATH, description="package.module:function returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    adapter: str = Field(pattern=IMPORT_PATH, description="package.module:Class with pre/post-processing and loss")
+    adapter_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_shape: tuple[int, int, int, int] = Field(description="N, C, H, W of the exported model's input")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d <= 0 for d in v):
+            raise ValueError("every dimension must be a positive integer")
+        return v
+
+
+class Target(Strict):
+    name: str = Field(description="device profile name, e.g. rpi4")
+    threads: int = Field(gt=0, description="ONNX Runtime intra-op threads to measure latency with")
+    runner: Literal["local"] = Field("local", description="where latency is measured")
+
+
+class Budget(Strict):
+    size_mb: float | None = Field(None, gt=0, description="max size of the deployable file(s), MB = 10^6 bytes")
+    latency_ms: float | None = Field(None, gt=0, description="max median latency on the target")
+    min_map: float | None = Field(None, ge=0, le=1, description="min COCO mAP@[.5:.95] of the ONNX artifact on data.eval")
+
+
+class Measure(Strict):
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    runs: int = Field(50, ge=30, description="timed runs; the median and p90 are reported")
+
+
+class Demo(Strict):
+    """Generate the bundled synthetic dataset and train the demo detector as part of the build."""
+
+    data_dir: Path = Field(description="where the splits are generated: <data_dir>/<split>/annotations.json")
+    seed: int = 0
+    image_size: int = Field(128, ge=32)
+    train_images: int = Field(3000, gt=0)
+    calibration_images: int = Field(64, gt=0)
+    eval_images: int = Field(300, gt=0)
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(4e-3, gt=0)
+
+
+class Manifest(Strict):
+    schema_version: int = Field(description=f"manifest schema version; this release reads {SCHEMA_VERSION}")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="release name (a folder name)")
+    version: str = Field(min_length=1)
+    source: Source
+    model: ModelSpec
+    data: Data
+    target: Target
+    budget: Budget = Budget()
+    measure: Measure = Measure()
+    variants: dict[str, list[str | dict[str, dict[str, Any] | None]]] = Field(min_length=1)
+    select: Literal["best_map", "smallest", "fastest"] = "best_map"
+    demo: Demo | None = None
+
+    _path: Path = PrivateAttr(default=None)
+    _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"this release reads schema_version {SCHEMA_VERSION}")
+        return v
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def pipelines(self) -> dict[str, list[tuple[str, Any]]]:
+        """variant -> [(stage name, validated Params)], in pipeline order."""
+        return self._pipelines
+
+
+# ---------------------------------------------------------------- locating a manifest
+
+def resolve(name: str | Path, root: Path) -> Path:
+    """`manifest=NAME`: a path (relative to root), else a file under root/recipes/."""
+    name = str(name)
+    candidates = [root / name, root / "recipes" / name]
+    if not name.endswith((".yaml", ".yml")):
+        candidates += [root / f"{name}.yaml", root / "recipes" / f"{name}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    known = sorted(p.name for p in (root / "recipes").glob("*.y*ml")) if (root / "recipes").is_dir() else []
+    hint = f" Recipes here: {', '.join(known)}." if known else ""
+    raise ManifestError(
+        f"manifest '{name}' not found (looked for {', '.join(str(c) for c in candidates[:2])})."
+        f"{did_you_mean(name, known)}{hint} Pass manifest=PATH or a name under recipes/."
+    )
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every field path in the YAML document to its 1-based line."""
+    out = {} if out is None else out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            out[path + (k,)] = key.start_mark.line + 1
+            _line_index(value, path + (k,), out)
+            out[path + (k,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), out)
+    return out
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The valid keys of the pydantic model that sits at `loc` (for 'did you mean')."""
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        ann = model.model_fields[part].annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return list(model.model_fields) if model else []
+
+
+class _Problems:
+    def __init__(self, path: Path, lines: dict[tuple, int]):
+        self.path, self.lines, self.items = path, lines, []
+
+    def add(self, loc: tuple, message: str) -> None:
+        line = _line_for(self.lines, loc)
+        where = f"line {line}, " if line else ""
+        self.items.append(f"  {where}{_dotted(loc)}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            n = len(self.items)
+            raise ManifestError(f"{self.path}: {n} problem{'s' * (n != 1)}\n" + "\n".join(self.items))
+
+
+def _describe(err: dict, model: type[BaseModel] | None, loc_prefix: tuple = ()) -> tuple[tuple, str]:
+    loc = loc_prefix + tuple(err["loc"])
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        key = loc[-1]
+        valid = _fields_at(model, tuple(err["loc"])[:-1])
+        hint = did_you_mean(key, valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
+        return loc, f"unknown key '{key}'.{hint}"
+    if err["type"] == "missing":
+        return loc, "required field is missing."
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return loc, f"got {shown}; {err['msg'][0].lower() + err['msg'][1:]}."
+
+
+# ---------------------------------------------------------------- variants
+
+KIND_HINT = {"checkpoint": "start the pipeline with `strip`", "weights": "add `strip` first",
+             "onnx": "add `export` before it"}
+
+
+def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str, Any]]]:
+    pipelines: dict[str, list[tuple[str, Any]]] = {}
+    for variant, steps in raw.items():
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", variant):
+            problems.add(("variants", variant), "a variant name may hold letters, digits, '_', '.', '-'.")
+            continue
+        kind, pipeline = "checkpoint", []
+        for i, step in enumerate(steps):
+            loc = ("variants", variant, i)
+            if isinstance(step, str):
+                name, params = step, {}
+            elif len(step) == 1:
+                name, params = next(iter(step.items()))
+                params = params or {}
+            else:
+                problems.add(loc, f"a step is a stage name or a one-key mapping {{stage: params}}; got keys {sorted(step)}.")
+                break
+            if name not in stages.REGISTRY:
+                problems.add(loc, f"unknown stage '{name}'.{did_you_mean(name, stages.names())} "
+                                  f"Stages: {', '.join(stages.names())}.")
+                break
+            module = stages.load(name)
+            try:
+                validated = module.Params.model_validate(params)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    problems.add(*_describe(err, module.Params, loc + (name,)))
+                break
+            spec = module.SPEC
+            if spec.consumes != kind:
+                problems.add(loc, f"stage '{name}' takes {spec.consumes} but gets {kind} here; "
+                                  f"{KIND_HINT.get(spec.consumes, 'reorder the stages')}.")
+                break
+            kind = spec.produces
+            pipeline.append((name, validated))
+        else:
+            if kind != "onnx":
+                problems.add(("variants", variant), "the pipeline must end in an ONNX model "
+                                                    "(add `export`): variants are measured on the file that ships.")
+            pipelines[variant] = pipeline
+    return pipelines
+
+
+def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
+    for variant, pipeline in manifest.pipelines.items():
+        for i, (name, params) in enumerate(pipeline):
+            for split in stages.reads(stages.load(name), params):
+                if getattr(manifest.data, split) is None:
+                    problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
+                                                           f"which the manifest does not define. Add data.{split}.")
+    demo = manifest.demo
+    if demo is not None:
+        for split in ("train", "calibration", "eval"):
+            ref = getattr(manifest.data, split)
+            want = (demo.data_dir / split / "annotations.json", demo.data_dir / split / "images")
+            if ref is not None and (ref.annotations, ref.images) != want:
+                problems.add(("data", split), f"with a demo section, this split is generated at "
+                                              f"{want[0]} and {want[1]}; point annotations and images there.")
+
+
+# ---------------------------------------------------------------- loading
+
+def load(path: Path, root: Path | None = None) -> Manifest:
+    """Read, validate and resolve a manifest. Raises ManifestError listing every problem."""
+    path = Path(path)
+    root = Path(root) if root is not None else Path.cwd()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror}).") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ManifestError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a manifest is a YAML mapping (name, version, source, model, data, ...).")
+    problems = _Problems(path, _line_index(node) if node is not None else {})
+
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.add(*_describe(err, Manifest))
+        # Stage params are checked even when other fields failed, so that one run shows everything.
+        if isinstance(raw.get("variants"), dict):
+            _parse_variants({k: v for k, v in raw["variants"].items() if isinstance(v, list)
+                             and all(isinstance(s, (str, dict)) for s in v)}, problems)
+        problems.raise_if_any()
+        raise  # unreachable: a ValidationError always has errors
+
+    manifest = _absolute(manifest, root)
+    manifest._path = path
+    manifest._pipelines = _parse_variants(raw["variants"], problems)
+    _check_data_needs(manifest, problems)
+    problems.raise_if_any()
+    return manifest
+
+
+def _absolute(manifest: Manifest, root: Path) -> Manifest:
+    """Resolve every relative path in the manifest against the project root."""
+
+    def fix(model: BaseModel) -> BaseModel:
+        updates = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, Path) and not value.is_absolute():
+                updates[name] = root / value
+            elif isinstance(value, BaseModel):
+                updates[name] = fix(value)
+        return model.model_copy(update=updates) if updates else model
+
+    return fix(manifest)

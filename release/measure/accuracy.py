@@ -1,0 +1,48 @@
+"""COCO mAP of an ONNX model through ONNX Runtime, with the adapter's pre- and post-processing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+
+
+def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False) -> dict:
+    """mAP@[.5:.95] and mAP@.5 of the ONNX file on a COCO split (pycocotools, bbox)."""
+    import numpy as np
+    import onnxruntime as ort
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from tqdm import tqdm
+
+    from release.data import load_split
+    from release.model import load_adapter
+
+    started = time.perf_counter()
+    data = load_split(eval_ref.annotations, eval_ref.images, eval_ref.limit)
+    adapter = load_adapter(model_spec)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    cat_ids = data.category_ids
+    results = []
+    for record in tqdm(data.images, desc="mAP", disable=not progress, leave=False):
+        x, meta = adapter.preprocess(data.read_image(record))
+        outputs = session.run(None, {input_name: x[None].astype(np.float32)})
+        for x0, y0, w, h, score, cls in adapter.postprocess(outputs, meta):
+            results.append({"image_id": record.id, "category_id": cat_ids[int(cls)],
+                            "bbox": [float(x0), float(y0), float(w), float(h)], "score": float(score)})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+        truth = COCO()
+        truth.dataset = data.coco_dict()
+        truth.createIndex()
+        stats = [0.0] * 12
+        if results:
+            found = truth.loadRes(results)
+            evaluator = COCOeval(truth, found, "bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats = [max(0.0, float(s)) for s in evaluator.stats]  # -1 means "no such objects"
+    return {"map": stats[0], "map50": stats[1], "map75": stats[2], "images": len(data.images),
+            "detections": len(results), "seconds": round(time.perf_counter() - started, 3)}

@@ -1,0 +1,98 @@
+"""Latency of an ONNX model through ONNX Runtime, measured in a fresh process.
+
+The worker runs as `python -m release.measure.latency MODEL --threads N ...` so that the build
+process's own imports and thread pools (torch's, a parallel doit worker's) do not distort the
+figure. It prints one JSON object; `measure` runs it and returns that object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from release.errors import ReleaseError
+
+
+def host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(model: Path, threads: int, warmup: int = 10, runs: int = 50, timeout: float = 600) -> dict:
+    cmd = [sys.executable, "-m", "release.measure.latency", str(model), "--threads", str(threads),
+           "--warmup", str(warmup), "--runs", str(runs)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise ReleaseError(f"latency: {model} did not finish {runs} runs within {timeout:.0f} s.") from None
+    if done.returncode != 0:
+        raise ReleaseError(f"latency: the benchmark process failed on {model}:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _worker(model: str, threads: int, warmup: int, runs: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    mean = statistics.fmean(times)
+    cores = os.cpu_count() or 1
+    return {
+        "p50_ms": statistics.median(times), "p90_ms": _percentile(times, 0.9),
+        "min_ms": min(times), "max_ms": max(times), "mean_ms": mean,
+        "cv": statistics.pstdev(times) / mean if mean else 0.0, "runs": runs, "warmup": warmup,
+        "threads": threads, "host_cores": cores, "runner": "local", "provenance": "host",
+        "host_cpu": host_cpu(), "onnxruntime": ort.__version__,
+        "note": (f"{threads} threads requested on a host with {cores} cores: the figure is not the "
+                 f"target's") if threads > cores else "",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args(argv)
+    print(json.dumps(_worker(args.model, args.threads, args.warmup, args.runs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Size of a deployable ONNX model: every file it needs at run time, external data included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MB = 1_000_000  # budgets are in MB = 10^6 bytes, as on a spec sheet
+
+
+def model_files(path: Path) -> list[Path]:
+    """The ONNX file and every external-data file it references."""
+    import onnx
+
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    files = {path}
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    files.add(path.parent / entry.value)
+    return sorted(files)
+
+
+def _tensors(graph):
+    """Every TensorProto in a graph: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def measure(path: Path) -> dict:
+    files = model_files(path)
+    total = sum(f.stat().st_size for f in files)
+    return {"bytes": total, "size_mb": total / MB, "files": [f.name for f in files]}
+
+
+def zipped_bytes(path: Path) -> int:
+    """Deflate-compressed size of the model files: what sparsity saves on a download or in flash."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for f in model_files(path):
+            archive.write(f, f.name)
+    return buffer.tell()

@@ -1,0 +1,104 @@
+"""The release bundle: the selected ONNX file, its metrics, a model card and a lock file.
+
+Written to artifacts/<name>/release/<version>/ in one atomic rename: a device or a CI job that
+reads the folder never sees a half-written release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from release import __version__
+from release.atomic import atomic_dir, write_json, write_text
+from release.fingerprint import HashCache, tool_versions
+
+LOCK_SCHEMA = 1
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Paths in the lock are relative to the project root, so that two checkouts agree."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
+    data = {}
+    for split in ("train", "calibration", "eval"):
+        ref = getattr(manifest.data, split)
+        if ref is not None:
+            data[split] = {"annotations": _relative(ref.annotations, Path(job["root"])),
+                           "annotations_sha256": hashes.file(ref.annotations),
+                           "images_sha256": hashes.folder(ref.images), "limit": ref.limit}
+    source = manifest.source
+    return {
+        "schema_version": LOCK_SCHEMA, "name": report["name"], "version": report["version"],
+        "variant": report["selected"], "fingerprint": report["variants"][report["selected"]]["fingerprint"],
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
+                   "format": source.format, "trusted": source.trusted},
+        "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},
+        "data": data,
+        "tools": {**tool_versions(("torch", "onnx", "onnxruntime", "pycocotools")), "release": __version__},
+    }
+
+
+def _card(report: dict, lock: dict) -> str:
+    name = report["selected"]
+    row = report["variants"][name]
+    lat = row["latency"]
+    pipeline = " -> ".join(
+        s["stage"] + (f"({', '.join(f'{k}={v}' for k, v in s['params'].items())})" if s["params"] else "")
+        for s in row["stages"])
+    checks = "\n".join(f"| {c['label']} | {c['value']:.4g} {c['unit']} | {'<=' if c['direction'] == 'max' else '>='} "
+                       f"{c['limit']:.4g} | {c['margin']:+.4g} | {'pass' if c['pass'] else 'FAIL'} |"
+                       for c in row["checks"]) or "| (no budgets) | | | | |"
+    return f"""# {report['name']} {report['version']} — model card
+
+Variant **{name}**, selected by `{report['select']}` among {len(report['variants'])} variants.
+Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
+
+## Figures (measured on `model.onnx` in this folder)
+| figure | value |
+|---|---|
+| size | {row['size_mb']:.3f} MB ({row['bytes']} bytes) |
+| latency p50 / p90 | {lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} ms ({lat['runs']} runs, CV {lat['cv']:.2f}) |
+| COCO mAP@[.5:.95] / mAP@.5 | {row['map']:.4f} / {row['map50']:.4f} |
+| parameters | {row['parameters']} |
+
+Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
+{('Note: ' + lat['note']) if lat.get('note') else ''}
+
+## Budgets ({report['target']['name']})
+| budget | figure | limit | margin | result |
+|---|---|---|---|---|
+{checks}
+
+## Provenance
+- Source checkpoint `{lock['source']['checkpoint']}` (sha256 `{lock['source']['sha256'][:16]}…`), format
+  `{lock['source']['format']}`, trusted pickle loading: **{lock['source']['trusted']}**.
+- Evaluated on `{lock['data'].get('eval', {}).get('annotations', '?')}`.
+- Tools: {', '.join(f'{k} {v}' for k, v in lock['tools'].items())}.
+- Full hashes in `release.lock`.
+"""
+
+
+def publish(report: dict, job: dict) -> dict:
+    from release import manifest as manifests
+
+    manifest = manifests.load(Path(job["manifest"]), Path(job["root"]))
+    name = report["selected"]
+    row = report["variants"][name]
+    source = Path(row["artifact"])
+    hashes = HashCache(Path(job["hash_cache"]))
+    dest = Path(job["release_dir"])
+    with atomic_dir(dest) as tmp:
+        shutil.copyfile(source, tmp / "model.onnx")
+        lock = _lock(report, job, manifest, hashes, tmp / "model.onnx")
+        write_json(tmp / "metrics.json", {"name": report["name"], "version": report["version"], "variant": name,
+                                          **{k: row[k] for k in ("size_mb", "bytes", "latency_ms", "latency_p90_ms",
+                                                                 "map", "map50", "parameters", "checks", "latency")}})
+        write_json(tmp / "release.lock", lock)
+        write_text(tmp / "MODEL_CARD.md", _card(report, lock))
+    hashes.save()
+    return {"published": str(dest), "variant": name, "model_sha256": lock["model_sha256"]}

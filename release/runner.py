@@ -1,0 +1,184 @@
+"""The actions doit runs. Each takes one plain dict (picklable, for `doit -n N`) and writes its
+outputs atomically. A ReleaseError becomes a doit failure with its message and no traceback; any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from release.atomic import atomic_dir, read_json, write_json
+from release.errors import ReleaseError
+
+RECORD_SCHEMA = 1
+
+
+def guarded(fn):
+    @functools.wraps(fn)
+    def wrapper(job: dict):
+        from doit.exceptions import TaskFailed
+
+        try:
+            fn(job)
+        except ReleaseError as exc:
+            return TaskFailed(str(exc))
+        return None
+
+    return wrapper
+
+
+def _manifest(job: dict):
+    from release import manifest
+
+    return manifest.load(Path(job["manifest"]), Path(job["root"]))
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+@guarded
+def run_stage(job: dict) -> None:
+    from release import stages
+    from release.fingerprint import tool_versions
+    from release.stages.base import StageContext
+
+    module = stages.load(job["stage"])
+    params = module.Params.model_validate(job["params"])
+    started = time.perf_counter()
+    with atomic_dir(Path(job["out_dir"])) as tmp:
+        ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],
+                           manifest=_manifest(job), log=_log, spec_produces=module.SPEC.produces)
+        try:
+            facts = module.run(ctx)
+        except ReleaseError:
+            raise
+        except Exception as exc:  # a bug or an unforeseen failure: keep the traceback, add where
+            raise RuntimeError(f"stage {job['stage']} (fingerprint {job['fingerprint'][:16]}) crashed; "
+                               f"partial output was discarded; inputs: {job['input']}") from exc
+        if not ctx.output.is_file():
+            raise RuntimeError(f"stage {job['stage']} finished without writing {ctx.output.name}")
+        write_json(tmp / "stage.json", {
+            "schema_version": RECORD_SCHEMA, "stage": job["stage"], "version": module.SPEC.version,
+            "fingerprint": job["fingerprint"], "input": job["input"], "params": job["params"],
+            "tools": tool_versions(), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
+        })
+
+
+@guarded
+def make_demo_data(job: dict) -> None:
+    from release.demo import shapes
+
+    d = job["demo"]
+    with atomic_dir(Path(job["data_dir"])) as tmp:
+        summary = shapes.generate(tmp, seed=d["seed"], image_size=d["image_size"],
+                                  splits={"train": d["train_images"], "calibration": d["calibration_images"],
+                                          "eval": d["eval_images"]})
+    _log(f"demo data: {summary}")
+
+
+@guarded
+def train_demo(job: dict) -> None:
+    from release.demo import train
+
+    d, kwargs = job["demo"], job["model_kwargs"]
+    summary = train.train(Path(job["data_dir"]), Path(job["checkpoint"]), image_size=d["image_size"],
+                          steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
+                          progress=sys.stderr.isatty() or bool(os.environ.get("RELEASE_PROGRESS")),
+                          **kwargs)
+    _log(f"demo training: {summary}")
+
+
+@guarded
+def measure_size(job: dict) -> None:
+    from release.measure import size
+
+    write_json(Path(job["out"]), size.measure(Path(job["model"])))
+
+
+@guarded
+def measure_map(job: dict) -> None:
+    from release.measure import accuracy
+
+    manifest = _manifest(job)
+    result = accuracy.evaluate(Path(job["model"]), manifest.model, manifest.data.eval)
+    _log(f"mAP@[.5:.95] {result['map']:.4f}  mAP@.5 {result['map50']:.4f}  on {result['images']} images")
+    write_json(Path(job["out"]), result)
+
+
+@guarded
+def measure_latency(job: dict) -> None:
+    from release.measure import latency
+
+    result = latency.measure(Path(job["model"]), job["threads"], job["warmup"], job["runs"])
+    result["target"] = job["target"]
+    _log(f"latency p50 {result['p50_ms']:.2f} ms  p90 {result['p90_ms']:.2f} ms  ({result['threads']} threads"
+         f", {result['runner']} runner on {result['host_cpu']})")
+    write_json(Path(job["out"]), result)
+
+
+@guarded
+def gate(job: dict) -> None:
+    from release import gate as gates
+
+    rows = {}
+    for name, v in job["variants"].items():
+        size, acc, lat = read_json(Path(v["size"])), read_json(Path(v["map"])), read_json(Path(v["latency"]))
+        records = [read_json(Path(r)) for r in v["records"]]
+        row = {
+            "fingerprint": v["fingerprint"], "artifact": v["artifact"],
+            "stages": [{"stage": r["stage"], "params": r["params"], "fingerprint": r["fingerprint"]} for r in records],
+            "size_mb": size["size_mb"], "bytes": size["bytes"], "latency_ms": lat["p50_ms"],
+            "latency_p90_ms": lat["p90_ms"], "latency": lat, "map": acc["map"], "map50": acc["map50"],
+            "parameters": next((r["facts"]["parameters"] for r in reversed(records)
+                                if "parameters" in r.get("facts", {})), None),
+            "source_bytes": records[0]["facts"].get("bytes_before") if records else None,
+            "stage_facts": {f"{i}.{r['stage']}": r["facts"] for i, r in enumerate(records)},
+        }
+        row["checks"] = gates.judge(row, job["budget"])
+        row["pass"] = all(c["pass"] for c in row["checks"])
+        rows[name] = row
+    lat0 = next(iter(rows.values()))["latency"]
+    provenance = (f"latency: measured on this host ({lat0['host_cpu']}, {lat0['host_cores']} cores) with "
+                  f"{lat0['threads']} threads, {lat0['runner']} runner; NOT on the target '{job['target']['name']}'")
+    report = {
+        "schema_version": RECORD_SCHEMA, "name": job["name"], "version": job["version"],
+        "target": job["target"], "budget": job["budget"], "select": job["select"],
+        "latency_provenance": provenance, "variants": rows,
+    }
+    report["selected"] = gates.select(rows, job["select"])
+    report["passed"] = report["selected"] is not None
+    write_json(Path(job["report"]), report)
+    from release.atomic import write_text
+
+    write_text(Path(job["report_md"]), f"# Build report: {job['name']} {job['version']}\n\n```\n"
+                                       f"{gates.table(report)}\n```\n")
+
+
+@guarded
+def publish(job: dict) -> None:
+    from release import publish as pub
+
+    report = read_json(Path(job["report"]))
+    result = pub.publish(report, job) if report["selected"] else {"published": None}
+    write_json(Path(job["out"]), result)
+
+
+def show_result(job: dict):
+    """The last word of every build: the gate table, and a failure when nothing passed."""
+    from doit.exceptions import TaskFailed
+
+    from release import gate as gates
+
+    report = read_json(Path(job["report"]))
+    print(gates.table(report))
+    if not report["passed"]:
+        return TaskFailed(f"no variant of {report['name']} meets its budgets:\n{gates.missed(report)}\n"
+                          f"(report: {job['report']})")
+    published = read_json(Path(job["publish"]))
+    print(f"released {report['selected']} -> {published['published']}")
+    return None

@@ -1,0 +1,90 @@
+"""What a stage is: one input artifact + typed params -> one output artifact in a fresh folder.
+
+A stage module defines
+    SPEC   = StageSpec(name=..., version=..., consumes=..., produces=..., reads=(...))
+    Params = a pydantic model (extra="forbid"); its fields, defaults and descriptions are the docs
+    def run(ctx: StageContext) -> dict   # writes ctx.output, returns facts for stage.json
+and imports nothing heavy at module level (torch, onnx, onnxruntime load inside `run`), because the
+registry imports stage modules to validate a manifest on every `doit` invocation.
+
+Artifact kinds:
+    checkpoint  the user's source file (any format strip understands)
+    weights     a safetensors state dict for the manifest's model builder
+    onnx        a single-file ONNX model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # numpy stays off the no-op path
+    import numpy as np
+
+Kind = Literal["checkpoint", "weights", "onnx"]
+OUTPUT_FILE: dict[str, str] = {"weights": "weights.safetensors", "onnx": "model.onnx"}
+
+
+class StageParams(BaseModel):
+    """Base for every stage's params: unknown keys are errors, not warnings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    version: int
+    consumes: Kind
+    produces: Kind
+    summary: str
+    # Data splits the stage reads (e.g. "calibration"); their content hash joins the fingerprint.
+    reads: tuple[str, ...] = ()
+    # Data splits read only to check the output (e.g. export's parity check): they must exist before
+    # the stage runs, but do not change what it writes, so they stay out of the fingerprint.
+    checks: tuple[str, ...] = ()
+    # Whether the model builder's and adapter's code joins the fingerprint.
+    uses_model: bool = False
+
+
+@dataclass
+class StageContext:
+    """Everything a stage's `run` may use. Built by the task runner; tests may build it directly."""
+
+    input: Path
+    out_dir: Path
+    params: Any
+    fingerprint: str = ""
+    manifest: Any = None  # release.manifest.Manifest, when run from a build
+    # Where sample inputs come from: split name -> iterable of network-ready arrays (1, C, H, W).
+    # A build reads them from the manifest's data through the adapter; a unit test may pass arrays.
+    sample_source: Callable[[str], Iterable[np.ndarray]] | None = None
+    log: Callable[[str], None] = print
+    spec_produces: str = "onnx"  # the stage's SPEC.produces: names the output file
+
+    @property
+    def output(self) -> Path:
+        return self.out_dir / OUTPUT_FILE[self.spec_produces]
+
+    def samples(self, split: str) -> Iterator[np.ndarray]:
+        """Network-ready inputs (1, C, H, W) float32 from a data split, through the adapter."""
+        if self.sample_source is not None:
+            yield from self.sample_source(split)
+            return
+        if self.manifest is None:
+            raise RuntimeError("StageContext.samples needs a manifest or a sample_source")
+        import numpy as np
+
+        from release.data import load_split
+        from release.model import load_adapter
+
+        ref = getattr(self.manifest.data, split)
+        data = load_split(ref.annotations, ref.images, ref.limit)
+        adapter = load_adapter(self.manifest.model)
+        for record in data.images:
+            x, _ = adapter.preprocess(data.read_image(record))
+            yield x[None].astype(np.float32)

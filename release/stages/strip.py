@@ -1,0 +1,72 @@
+"""strip: a training checkpoint -> slim safetensors weights that load strictly into the model.
+
+Loads safely (weights_only unless `source.trusted`), picks the EMA or raw copy, removes wrapper
+prefixes, drops optimizer/scheduler/counters and the manifest's training-only patterns, checks the
+result against the builder's model, and writes safetensors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from release.stages.base import StageContext, StageParams, StageSpec
+
+SPEC = StageSpec(
+    name="strip", version=1, consumes="checkpoint", produces="weights", uses_model=True,
+    summary="drop optimizer state and training-only weights; write safetensors",
+)
+
+
+class Params(StageParams):
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage dtype of floating-point weights (float16 halves the file; "
+                               "export casts back to float32)")
+
+
+def run(ctx: StageContext) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from release import checkpoint
+    from release.errors import CheckpointError
+    from release.model import build_model
+
+    started = time.perf_counter()
+    source = ctx.manifest.source
+    fmt, obj = checkpoint.read(ctx.input, source.format, source.trusted)
+    state, facts = checkpoint.extract(ctx.input, fmt, obj, source.weights)
+    del obj
+    state, dropped = checkpoint.drop(state, source.drop, ctx.input)
+
+    expected = build_model(ctx.manifest.model).state_dict()
+    report = checkpoint.mismatch_report(state, expected, ctx.input)
+    if report:
+        raise CheckpointError(report)
+    bad = [k for k, v in state.items() if v.dtype != expected[k].dtype and not
+           (v.is_floating_point() and expected[k].is_floating_point())]
+    if bad:
+        raise CheckpointError(f"{ctx.input}: {len(bad)} tensor(s) have the wrong dtype, e.g. {bad[0]}: "
+                              f"{state[bad[0]].dtype}, model expects {expected[bad[0]].dtype}.")
+    out = {}
+    for key, ref in expected.items():
+        tensor = state[key].detach().to(ref.dtype).contiguous()
+        if ctx.params.dtype == "float16" and tensor.is_floating_point():
+            tensor = tensor.half()
+        out[key] = tensor
+    save_file(out, str(ctx.output), metadata={"format": "release-weights", "source_format": fmt})
+
+    size_before, size_after = ctx.input.stat().st_size, ctx.output.stat().st_size
+    params = sum(t.numel() for t in out.values() if t.is_floating_point())
+    ctx.log(f"strip: {fmt}, {facts['copy']} weights, {len(dropped)} training-only tensors dropped, "
+            f"{size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB")
+    return {
+        **facts, "dropped": dropped, "tensors": len(out), "parameters": params,
+        "bytes_before": size_before, "bytes_after": size_after,
+        "ratio": round(size_before / size_after, 3), "trusted": source.trusted,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+

@@ -1,0 +1,153 @@
+"""doit task dicts for a build plan: one task per stage node, per measurement, and the gate.
+
+Each stage task's file_dep is its input artifact (and the annotations of data it reads), its
+targets are its output and record, and its output folder is named by its fingerprint: a changed
+param, input, code or tool version gives a new folder, so doit alone decides what is stale.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from doit.tools import config_changed
+
+from release import runner
+from release.graph import Plan, short
+
+
+def _job(plan: Plan, **extra) -> dict:
+    return {"manifest": str(plan.manifest.path), "root": str(plan.root), **extra}
+
+
+def _rmtree(path: Path):
+    return (shutil.rmtree, [str(path)], {"ignore_errors": True})
+
+
+def demo_tasks(plan: Plan):
+    demo = plan.manifest.demo
+    if demo is None:
+        return
+    d = demo.model_dump(mode="json")
+    ann = [demo.data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
+    yield {
+        "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
+        "actions": [(runner.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir))])],
+        "targets": [str(p) for p in ann], "uptodate": [config_changed(plan.demo_fp["data"])],
+        "clean": [_rmtree(demo.data_dir)], "verbosity": 2,
+    }
+    yield {
+        "name": "train", "doc": "train the demo detector; writes a Lightning-style training checkpoint",
+        "actions": [(runner.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
+                                              checkpoint=str(plan.manifest.source.checkpoint),
+                                              model_kwargs=plan.manifest.model.kwargs)])],
+        "file_dep": [str(ann[0])], "targets": [str(plan.manifest.source.checkpoint)],
+        "uptodate": [config_changed(plan.demo_fp["train"])], "clean": True, "verbosity": 2,
+    }
+
+
+def stage_tasks(plan: Plan):
+    for node in plan.nodes.values():
+        job = _job(plan, stage=node.stage, params=node.params, fingerprint=node.fingerprint,
+                   input=str(node.input), out_dir=str(node.out_dir))
+        yield {
+            "name": node.task_name,
+            "doc": f"{node.stage} {node.params or ''} (variants: {', '.join(node.variants)})",
+            "actions": [(runner.run_stage, [job])],
+            "file_dep": [str(node.input)] + [str(p) for p in node.data_deps],
+            "targets": [str(node.output), str(node.record)],
+            "clean": [_rmtree(node.out_dir)], "verbosity": 2,
+        }
+
+
+def measure_tasks(plan: Plan):
+    manifest, seen = plan.manifest, set()
+    for node in plan.final.values():
+        if node.fingerprint in seen:
+            continue
+        seen.add(node.fingerprint)
+        model, tag = str(node.output), short(node.fingerprint)
+        yield {
+            "name": f"size@{tag[:10]}", "doc": f"size of {node.stage} output",
+            "actions": [(runner.measure_size, [_job(plan, model=model, out=str(plan.size_file(node)))])],
+            "file_dep": [model], "targets": [str(plan.size_file(node))], "clean": True,
+        }
+        yield {
+            "name": f"map@{tag[:10]}", "doc": "COCO mAP of the ONNX file through ONNX Runtime on data.eval",
+            "actions": [(runner.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)))])],
+            "file_dep": [model, str(manifest.data.eval.annotations)], "targets": [str(plan.map_file(node))],
+            "clean": True, "verbosity": 2,
+        }
+        yield {
+            "name": f"latency@{tag[:10]}", "doc": f"latency with {manifest.target.threads} threads, local runner",
+            "actions": [(runner.measure_latency, [_job(
+                plan, model=model, out=str(plan.latency_file(node)), threads=manifest.target.threads,
+                warmup=manifest.measure.warmup, runs=manifest.measure.runs,
+                target=manifest.target.model_dump(mode="json"))])],
+            "file_dep": [model], "targets": [str(plan.latency_file(node))], "clean": True, "verbosity": 2,
+        }
+
+
+def _report_paths(plan: Plan) -> dict:
+    d = plan.release_dir
+    return {"report": str(d / "report.json"), "report_md": str(d / "report.md"), "publish": str(d / "publish.json")}
+
+
+def gate_task(plan: Plan) -> dict:
+    m = plan.manifest
+    variants = {
+        name: {"fingerprint": node.fingerprint, "artifact": str(node.output),
+               "size": str(plan.size_file(node)), "map": str(plan.map_file(node)),
+               "latency": str(plan.latency_file(node)),
+               "records": [str(plan.nodes[fp].record) for fp in plan.chains[name]]}
+        for name, node in plan.final.items()
+    }
+    job = _job(plan, name=m.name, version=m.version, budget=m.budget.model_dump(mode="json"), select=m.select,
+               target=m.target.model_dump(mode="json"), variants=variants, **_report_paths(plan))
+    deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
+    return {
+        "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",
+        "actions": [(runner.gate, [job])], "file_dep": deps,
+        "targets": [job["report"], job["report_md"]],
+        "uptodate": [config_changed({k: job[k] for k in ("name", "version", "budget", "select", "target", "variants")})],
+        "clean": True,
+    }
+
+
+def publish_task(plan: Plan) -> dict:
+    m = plan.manifest
+    paths = _report_paths(plan)
+    release_dir = plan.release_dir / "release" / m.version
+    job = _job(plan, report=paths["report"], out=paths["publish"], release_dir=str(release_dir),
+               hash_cache=str(plan.artifacts / ".cache" / "hashes.json"))
+    return {
+        "name": m.name, "doc": f"publish the selected variant to {release_dir}",
+        "actions": [(runner.publish, [job])], "file_dep": [paths["report"]], "targets": [paths["publish"]],
+        "uptodate": [config_changed(str(release_dir))], "clean": [_rmtree(release_dir)],
+    }
+
+
+def release_task(plan: Plan) -> dict:
+    m = plan.manifest
+    return {
+        "doc": f"build, measure, gate and publish every variant of {m.name} (manifest=NAME)",
+        "actions": [(runner.show_result, [_report_paths(plan)])],
+        "task_dep": [f"publish:{m.name}"], "verbosity": 2, "uptodate": [False],
+    }
+
+
+def plan_for(manifest_name: str, root: Path | None = None) -> Plan:
+    """Load and plan a manifest for dodo.py; a user mistake exits with the message, not a traceback."""
+    import sys
+
+    from release import graph, manifest
+    from release.errors import ReleaseError
+
+    root = Path(root) if root is not None else Path.cwd()
+    try:
+        loaded = manifest.load(manifest.resolve(manifest_name, root), root)
+        (root / "artifacts").mkdir(exist_ok=True)
+        return graph.build(loaded, root)
+    except ReleaseError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
