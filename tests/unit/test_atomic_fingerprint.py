@@ -1,0 +1,52 @@
+import os
+import time
+
+import pytest
+
+from release.atomic import atomic_dir, atomic_file
+from release.fingerprint import HashCache, digest
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "model.onnx").write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_an_older_complete_folder(tmp_path):
+    final = tmp_path / "out"
+    for content in (b"one", b"two"):
+        with atomic_dir(final) as tmp:
+            (tmp / "f").write_bytes(content)
+    assert (final / "f").read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_file(tmp_path):
+    path = tmp_path / "x.json"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(path, "w") as handle:
+            handle.write("{")
+            raise KeyboardInterrupt
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_digest_is_order_independent_for_dicts_and_sensitive_to_values():
+    assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2})
+
+
+def test_hash_cache_rehashes_only_changed_files(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * 1000)
+    cache = HashCache(tmp_path / "cache.json")
+    first = cache.file(f)
+    cache.save()
+    reloaded = HashCache(tmp_path / "cache.json")
+    assert reloaded.file(f) == first and not reloaded._dirty  # served from the stat cache
+    time.sleep(0.01)
+    f.write_bytes(b"y" * 1000)
+    os.utime(f, None)
+    assert reloaded.file(f) != first

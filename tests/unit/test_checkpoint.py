@@ -1,0 +1,101 @@
+"""Reading checkpoints safely and diagnosing mismatches (real torch files in tmp_path)."""
+
+import pytest
+import torch
+
+from release import checkpoint
+from release.errors import CheckpointError
+
+
+def tiny_model():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+
+
+class Payload:
+    """Unpickling this object would run code that writes a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_lightning_checkpoint_prefers_ema_and_strips_prefix(tmp_path):
+    state = tiny_model().state_dict()
+    ckpt = {"epoch": 3, "global_step": 30, "optimizer_states": [{"state": {}}],
+            "state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                           **{f"avg_model.{k}": v + 1 for k, v in state.items()}}}
+    path = tmp_path / "last.ckpt"
+    torch.save(ckpt, path)
+    fmt, obj = checkpoint.read(path)
+    assert fmt == "lightning"
+    weights, facts = checkpoint.extract(path, fmt, obj)
+    assert facts["copy"] == "ema" and facts["prefix"] == "avg_model."
+    assert set(weights) == set(state) and torch.equal(weights["0.weight"], state["0.weight"] + 1)
+    raw, facts = checkpoint.extract(path, fmt, obj, "raw")
+    assert facts["copy"] == "raw" and torch.equal(raw["0.weight"], state["0.weight"])
+
+
+def test_plain_state_dict(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(tiny_model().state_dict(), path)
+    assert checkpoint.read(path)[0] == "state_dict"
+
+
+def test_untrusted_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "x": Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="needs code to unpickle.*source.trusted: true"):
+        checkpoint.read(path)
+    assert not marker.exists()
+    # With trusted: true the pickle is executed: that is exactly what the flag means.
+    assert checkpoint.read(path, trusted=True)[0] == "lightning"
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "the file is empty"),
+    (b"hello world, not a model", "not a PyTorch checkpoint"),
+])
+def test_malformed_files_get_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=expected):
+        checkpoint.read(path)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(tiny_model().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint.read(path)
+
+
+def test_drop_patterns(tmp_path):
+    state = {"backbone.w": torch.zeros(1), "aux_head.w": torch.zeros(1), "aux_head.b": torch.zeros(1)}
+    kept, dropped = checkpoint.drop(state, ["aux_head.*"], tmp_path)
+    assert list(kept) == ["backbone.w"] and dropped == ["aux_head.b", "aux_head.w"]
+    with pytest.raises(CheckpointError, match=r"'aux_neck\.\*' matches no parameter"):
+        checkpoint.drop(state, ["aux_neck.*"], tmp_path)
+
+
+def test_mismatch_report_lists_missing_unexpected_and_shapes(tmp_path):
+    expected = tiny_model().state_dict()
+    state = dict(expected)
+    state["2.wieght"] = state.pop("2.weight")
+    state["0.bias"] = torch.zeros(7)
+    report = checkpoint.mismatch_report(state, expected, tmp_path / "c.pt")
+    assert "1 missing from the checkpoint" in report and "2.weight  (closest: 2.wieght)" in report
+    assert "1 unexpected in the checkpoint" in report
+    assert "0.bias: checkpoint (7,), model (4,)" in report
+    assert checkpoint.mismatch_report(expected, expected, tmp_path) is None
+
+
+def test_prefix_hint(tmp_path):
+    expected = tiny_model().state_dict()
+    wrapped = {f"net.{k}": v for k, v in expected.items()}
+    report = checkpoint.mismatch_report(wrapped, expected, tmp_path / "c.pt")
+    assert "extra 'net.' prefix" in report

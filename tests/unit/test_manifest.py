@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from release import manifest
+from release.errors import ManifestError
+from tests.conftest import REPO, tiny_manifest_dict, write_manifest
+
+
+def load_doc(tmp_path: Path, doc: dict):
+    return manifest.load(write_manifest(tmp_path, doc), tmp_path)
+
+
+def test_example_manifest_is_valid():
+    m = manifest.load(REPO / "recipes" / "rpi_detector.yaml", REPO)
+    assert m.name == "rpi_detector"
+    assert {"fp32", "fp16", "int8_dynamic", "int8_qdq", "int8_qop"} <= set(m.pipelines)
+    assert [s for s, _ in m.pipelines["int8_qop"]] == ["strip", "export", "quantize"]
+    assert m.source.checkpoint == REPO / "artifacts/demo/train_last.ckpt"  # relative to the root
+
+
+def test_every_problem_is_reported_with_its_line(tmp_path):
+    text = yaml.safe_dump(tiny_manifest_dict(), sort_keys=False)
+    text = text.replace("drop:", "trustd: true\n  drop:").replace("size_mb: 100.0", "size_mb: two")
+    text = text.replace("- strip\n  - export\n  int8", "- strip\n  - exprot\n  int8")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as err:
+        manifest.load(path, tmp_path)
+    message = str(err.value)
+    lines = text.splitlines()
+    assert str(path) in message and "3 problems" in message
+    trustd_line = next(i for i, line in enumerate(lines, 1) if "trustd" in line)
+    assert f"line {trustd_line}, source.trustd: unknown key 'trustd'. Did you mean 'trusted'?" in message
+    assert "budget.size_mb: got 'two'" in message
+    assert "variants.fp32[1]: unknown stage 'exprot'. Did you mean 'export'?" in message
+
+
+def test_stage_params_are_validated_with_their_path(tmp_path):
+    doc = tiny_manifest_dict(variants={"v": ["strip", {"export": {"opset": 5, "opst": 17}}]})
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, doc)
+    assert "variants.v[1].export.opset: got 5" in str(err.value)
+    assert "variants.v[1].export.opst: unknown key 'opst'. Did you mean 'opset'?" in str(err.value)
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (["export"], "takes weights but gets checkpoint"),
+    (["strip"], "must end in an ONNX model"),
+    (["strip", "export", "strip"], "takes checkpoint but gets onnx"),
+    (["strip", {"export": {}, "fp16": {}}], "one-key mapping"),
+])
+def test_pipelines_are_type_checked(tmp_path, steps, expected):
+    with pytest.raises(ManifestError, match=expected):
+        load_doc(tmp_path, tiny_manifest_dict(variants={"v": steps}))
+
+
+def test_a_stage_that_reads_missing_data_is_an_error(tmp_path):
+    doc = tiny_manifest_dict()
+    del doc["data"]["calibration"]
+    with pytest.raises(ManifestError, match=r"reads data.calibration, which the manifest does not define"):
+        load_doc(tmp_path, doc)
+
+
+def test_demo_data_paths_must_match(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["data"]["eval"]["images"] = "elsewhere/images"
+    with pytest.raises(ManifestError, match=r"data.eval: with a demo section"):
+        load_doc(tmp_path, doc)
+
+
+def test_schema_version_and_invalid_yaml(tmp_path):
+    with pytest.raises(ManifestError, match="this release reads schema_version 1"):
+        load_doc(tmp_path, tiny_manifest_dict(schema_version=7))
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\n  version: [1\n")
+    with pytest.raises(ManifestError, match=r"broken.yaml: line \d+, column \d+: not valid YAML"):
+        manifest.load(bad, tmp_path)
+
+
+def test_resolve_by_name_under_recipes(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    target = write_manifest(tmp_path / "recipes", tiny_manifest_dict(), "mine.yaml")
+    assert manifest.resolve("mine", tmp_path) == target
+    assert manifest.resolve("mine.yaml", tmp_path) == target
+    with pytest.raises(ManifestError, match="Did you mean 'mine.yaml'"):
+        manifest.resolve("mien.yaml", tmp_path)
