@@ -1,13 +1,15 @@
 """Atomic outputs: a file or folder is either absent or complete, never half-written.
 
 Everything is written to a temporary sibling first and moved into place with os.replace, which is
-atomic on one filesystem. An interrupted build leaves only `.tmp-*` siblings, which are never
-targets, so doit re-runs the task; `clean_stale` removes them.
+atomic on one filesystem. An interrupted build leaves only `<name>.tmp-*` siblings, which are never
+targets, so doit re-runs the task; the next write of the same name removes them (one task owns one
+name, so no other writer can be using them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -19,11 +21,22 @@ from typing import Any
 TMP_MARK = ".tmp-"
 
 
+def _remove_stale(final: Path) -> None:
+    """Leftovers of an interrupted write of the same target."""
+    for stale in final.parent.glob(glob.escape(final.name) + TMP_MARK + "*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces `final` in one rename."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + TMP_MARK, dir=final.parent))
     try:
         yield tmp
@@ -48,6 +61,7 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of `final` for writing; it becomes `final` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
     fd, name = tempfile.mkstemp(prefix=final.name + TMP_MARK, dir=final.parent)
     try:
         with os.fdopen(fd, mode) as handle:

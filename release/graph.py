@@ -27,7 +27,8 @@ def short(fp: str) -> str:
 @dataclass
 class StageNode:
     stage: str
-    params: dict
+    params: dict          # every param, defaults included: what the fingerprint and records show
+    params_set: dict      # only what the manifest wrote: what the stage re-validates at run time
     fingerprint: str
     input: Path
     out_dir: Path
@@ -140,7 +141,7 @@ def build(manifest: Manifest, root: Path) -> Plan:
             )
             if fp not in nodes:
                 deps = sorted({getattr(manifest.data, s).annotations for s in reads + sspec.checks})
-                nodes[fp] = StageNode(name, params_dict, fp, current,
+                nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp, current,
                                       artifacts / "stages" / name / short(fp), sspec.produces, deps)
             node = nodes[fp]
             node.variants.append(variant)

@@ -48,7 +48,7 @@ def run_stage(job: dict) -> None:
     from release.stages.base import StageContext
 
     module = stages.load(job["stage"])
-    params = module.Params.model_validate(job["params"])
+    params = module.Params.model_validate(job["params_set"])
     started = time.perf_counter()
     with atomic_dir(Path(job["out_dir"])) as tmp:
         ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],

@@ -48,7 +48,7 @@ def demo_tasks(plan: Plan):
 
 def stage_tasks(plan: Plan):
     for node in plan.nodes.values():
-        job = _job(plan, stage=node.stage, params=node.params, fingerprint=node.fingerprint,
+        job = _job(plan, stage=node.stage, params=node.params, params_set=node.params_set, fingerprint=node.fingerprint,
                    input=str(node.input), out_dir=str(node.out_dir))
         yield {
             "name": node.task_name,

@@ -50,3 +50,13 @@ def test_hash_cache_rehashes_only_changed_files(tmp_path):
     f.write_bytes(b"y" * 1000)
     os.utime(f, None)
     assert reloaded.file(f) != first
+
+
+def test_leftovers_of_an_interrupted_write_are_removed_by_the_next(tmp_path):
+    final = tmp_path / "out"
+    (tmp_path / "out.tmp-abc").mkdir()
+    (tmp_path / "out.tmp-abc" / "half").write_bytes(b"x")
+    (tmp_path / "other.tmp-1").mkdir()  # another target's: left alone
+    with atomic_dir(final) as tmp:
+        (tmp / "f").write_bytes(b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tmp-1", "out"]
