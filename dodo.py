@@ -41,5 +41,13 @@ def task_publish():
     yield tasks.publish_task(PLAN)
 
 
+def task_track():
+    yield tasks.track_task(PLAN)
+
+
 def task_release():
     return tasks.release_task(PLAN)
+
+
+def task_ui():
+    return tasks.ui_task(PLAN)

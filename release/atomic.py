@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 TMP_MARK = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _remove_stale(final: Path) -> None:
@@ -38,6 +40,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + TMP_MARK, dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a published folder must be readable
     try:
         yield tmp
         if final.exists():
@@ -68,6 +71,7 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(name, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -78,6 +78,15 @@ class Measure(Strict):
     runs: int = Field(50, ge=30, description="timed runs; the median and p90 are reported")
 
 
+class Tracking(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it; "
+                                              "unset: the embedded store under artifacts/mlflow/")
+    required: bool = Field(False, description="an unreachable tracking server fails the build "
+                                              "(default: warn, queue, upload at the next build)")
+    alias: str = Field("candidate", pattern=r"^[A-Za-z][\w-]*$",
+                       description="Model Registry alias given to the released version")
+
+
 class Demo(Strict):
     """Generate the bundled synthetic dataset and train the demo detector as part of the build."""
 
@@ -87,9 +96,9 @@ class Demo(Strict):
     train_images: int = Field(3000, gt=0)
     calibration_images: int = Field(64, gt=0)
     eval_images: int = Field(300, gt=0)
-    steps: int = Field(1000, gt=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(4e-3, gt=0)
+    steps: int = Field(1600, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(0.012, gt=0)
 
 
 class Manifest(Strict):
@@ -104,6 +113,7 @@ class Manifest(Strict):
     measure: Measure = Measure()
     variants: dict[str, list[str | dict[str, dict[str, Any] | None]]] = Field(min_length=1)
     select: Literal["best_map", "smallest", "fastest"] = "best_map"
+    tracking: Tracking = Tracking()
     demo: Demo | None = None
 
     _path: Path = PrivateAttr(default=None)

@@ -53,3 +53,19 @@ def load_weights(model_spec, weights: Path):
     model = build_model(model_spec)
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model
+
+
+def sample_inputs(manifest, split: str, limit: int | None = None):
+    """Network-ready inputs (1, C, H, W) float32 from a data split, through the adapter."""
+    import itertools
+
+    import numpy as np
+
+    from release.data import load_split
+
+    ref = getattr(manifest.data, split)
+    data = load_split(ref.annotations, ref.images, ref.limit)
+    adapter = load_adapter(manifest.model)
+    for record in itertools.islice(data.images, limit):
+        x, _ = adapter.preprocess(data.read_image(record))
+        yield x[None].astype(np.float32)

@@ -89,7 +89,7 @@ def publish(report: dict, job: dict) -> dict:
     manifest = manifests.load(Path(job["manifest"]), Path(job["root"]))
     name = report["selected"]
     row = report["variants"][name]
-    source = Path(row["artifact"])
+    source = Path(job["root"]) / row["artifact"]  # report paths are relative to the project root
     hashes = HashCache(Path(job["hash_cache"]))
     dest = Path(job["release_dir"])
     with atomic_dir(dest) as tmp:
@@ -101,4 +101,4 @@ def publish(report: dict, job: dict) -> dict:
         write_json(tmp / "release.lock", lock)
         write_text(tmp / "MODEL_CARD.md", _card(report, lock))
     hashes.save()
-    return {"published": str(dest), "variant": name, "model_sha256": lock["model_sha256"]}
+    return {"published": _relative(dest, Path(job["root"])), "variant": name, "model_sha256": lock["model_sha256"]}

@@ -168,6 +168,28 @@ def publish(job: dict) -> None:
     write_json(Path(job["out"]), result)
 
 
+@guarded
+def track(job: dict) -> None:
+    from release import tracking
+
+    tracking.track(job, log=_log)
+
+
+def ui(job: dict) -> None:
+    """Serve the MLflow UI on the tracking store until interrupted."""
+    import subprocess
+
+    store = Path(job["root"]) / "artifacts" / "mlflow"
+    store.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", job["uri"],
+           "--host", "127.0.0.1", "--port", os.environ.get("MLFLOW_UI_PORT", "5000")]
+    print("serving the MLflow UI:", " ".join(cmd), flush=True)
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
 def show_result(job: dict):
     """The last word of every build: the gate table, and a failure when nothing passed."""
     from doit.exceptions import TaskFailed

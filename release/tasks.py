@@ -16,6 +16,16 @@ from release import runner
 from release.graph import Plan, short
 
 
+def _rel(plan: Plan, paths) -> list[str]:
+    """Task paths relative to the project root (doit runs there): a moved or copied project, or a
+    CI cache restored into another folder, is still up to date."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        out.append(str(path.relative_to(plan.root)) if path.is_relative_to(plan.root) else str(path))
+    return out
+
+
 def _job(plan: Plan, **extra) -> dict:
     return {"manifest": str(plan.manifest.path), "root": str(plan.root), **extra}
 
@@ -33,7 +43,7 @@ def demo_tasks(plan: Plan):
     yield {
         "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
         "actions": [(runner.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir))])],
-        "targets": [str(p) for p in ann], "uptodate": [config_changed(plan.demo_fp["data"])],
+        "targets": _rel(plan, ann), "uptodate": [config_changed(plan.demo_fp["data"])],
         "clean": [_rmtree(demo.data_dir)], "verbosity": 2,
     }
     yield {
@@ -41,7 +51,7 @@ def demo_tasks(plan: Plan):
         "actions": [(runner.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
                                               checkpoint=str(plan.manifest.source.checkpoint),
                                               model_kwargs=plan.manifest.model.kwargs)])],
-        "file_dep": [str(ann[0])], "targets": [str(plan.manifest.source.checkpoint)],
+        "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.manifest.source.checkpoint]),
         "uptodate": [config_changed(plan.demo_fp["train"])], "clean": True, "verbosity": 2,
     }
 
@@ -54,8 +64,8 @@ def stage_tasks(plan: Plan):
             "name": node.task_name,
             "doc": f"{node.stage} {node.params or ''} (variants: {', '.join(node.variants)})",
             "actions": [(runner.run_stage, [job])],
-            "file_dep": [str(node.input)] + [str(p) for p in node.data_deps],
-            "targets": [str(node.output), str(node.record)],
+            "file_dep": _rel(plan, [node.input, *node.data_deps]),
+            "targets": _rel(plan, [node.output, node.record]),
             "clean": [_rmtree(node.out_dir)], "verbosity": 2,
         }
 
@@ -70,12 +80,12 @@ def measure_tasks(plan: Plan):
         yield {
             "name": f"size@{tag[:10]}", "doc": f"size of {node.stage} output",
             "actions": [(runner.measure_size, [_job(plan, model=model, out=str(plan.size_file(node)))])],
-            "file_dep": [model], "targets": [str(plan.size_file(node))], "clean": True,
+            "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.size_file(node)]), "clean": True,
         }
         yield {
             "name": f"map@{tag[:10]}", "doc": "COCO mAP of the ONNX file through ONNX Runtime on data.eval",
             "actions": [(runner.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)))])],
-            "file_dep": [model, str(manifest.data.eval.annotations)], "targets": [str(plan.map_file(node))],
+            "file_dep": _rel(plan, [model, manifest.data.eval.annotations]), "targets": _rel(plan, [plan.map_file(node)]),
             "clean": True, "verbosity": 2,
         }
         yield {
@@ -84,19 +94,21 @@ def measure_tasks(plan: Plan):
                 plan, model=model, out=str(plan.latency_file(node)), threads=manifest.target.threads,
                 warmup=manifest.measure.warmup, runs=manifest.measure.runs,
                 target=manifest.target.model_dump(mode="json"))])],
-            "file_dep": [model], "targets": [str(plan.latency_file(node))], "clean": True, "verbosity": 2,
+            "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
+            "verbosity": 2,
         }
 
 
 def _report_paths(plan: Plan) -> dict:
     d = plan.release_dir
-    return {"report": str(d / "report.json"), "report_md": str(d / "report.md"), "publish": str(d / "publish.json")}
+    return {"report": str(d / "report.json"), "report_md": str(d / "report.md"), "publish": str(d / "publish.json"),
+            "ledger": str(d / "tracking" / "ledger.json"), "pending": str(d / "tracking" / "pending")}
 
 
 def gate_task(plan: Plan) -> dict:
     m = plan.manifest
     variants = {
-        name: {"fingerprint": node.fingerprint, "artifact": str(node.output),
+        name: {"fingerprint": node.fingerprint, "artifact": _rel(plan, [node.output])[0],
                "size": str(plan.size_file(node)), "map": str(plan.map_file(node)),
                "latency": str(plan.latency_file(node)),
                "records": [str(plan.nodes[fp].record) for fp in plan.chains[name]]}
@@ -107,9 +119,10 @@ def gate_task(plan: Plan) -> dict:
     deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
     return {
         "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",
-        "actions": [(runner.gate, [job])], "file_dep": deps,
-        "targets": [job["report"], job["report_md"]],
-        "uptodate": [config_changed({k: job[k] for k in ("name", "version", "budget", "select", "target", "variants")})],
+        "actions": [(runner.gate, [job])], "file_dep": _rel(plan, deps),
+        "targets": _rel(plan, [job["report"], job["report_md"]]),
+        "uptodate": [config_changed({k: job[k] for k in ("name", "version", "budget", "select", "target")}
+                                    | {"variants": {n: v["fingerprint"] for n, v in variants.items()}})],
         "clean": True,
     }
 
@@ -122,17 +135,42 @@ def publish_task(plan: Plan) -> dict:
                hash_cache=str(plan.artifacts / ".cache" / "hashes.json"))
     return {
         "name": m.name, "doc": f"publish the selected variant to {release_dir}",
-        "actions": [(runner.publish, [job])], "file_dep": [paths["report"]], "targets": [paths["publish"]],
-        "uptodate": [config_changed(str(release_dir))], "clean": [_rmtree(release_dir)],
+        "actions": [(runner.publish, [job])], "file_dep": _rel(plan, [paths["report"]]),
+        "targets": _rel(plan, [paths["publish"]]),
+        "uptodate": [config_changed(m.version)], "clean": [_rmtree(release_dir)],
+    }
+
+
+def track_task(plan: Plan) -> dict:
+    from release import tracking  # light: mlflow is imported only inside the action
+
+    m = plan.manifest
+    paths = _report_paths(plan)
+    job = _job(plan, **paths, uri=m.tracking.uri, required=m.tracking.required, alias=m.tracking.alias)
+    return {
+        "name": m.name, "doc": "log the build and every new variant to MLflow (queued when the server is away)",
+        "actions": [(runner.track, [job])], "file_dep": _rel(plan, [paths["report"], paths["publish"]]),
+        "uptodate": [(tracking.is_uptodate, [job])], "task_dep": [f"publish:{m.name}"], "verbosity": 2,
     }
 
 
 def release_task(plan: Plan) -> dict:
     m = plan.manifest
     return {
-        "doc": f"build, measure, gate and publish every variant of {m.name} (manifest=NAME)",
+        "doc": f"build, measure, gate, publish and track every variant of {m.name} (manifest=NAME)",
         "actions": [(runner.show_result, [_report_paths(plan)])],
-        "task_dep": [f"publish:{m.name}"], "verbosity": 2, "uptodate": [False],
+        "task_dep": [f"publish:{m.name}", f"track:{m.name}"], "verbosity": 2, "uptodate": [False],
+    }
+
+
+def ui_task(plan: Plan) -> dict:
+    from release import tracking
+
+    job = _job(plan)
+    store = tracking.resolve_uri(job)
+    return {
+        "doc": "open the MLflow UI on this project's tracking store (http://127.0.0.1:5000; Ctrl-C stops it)",
+        "actions": [(runner.ui, [{**job, "uri": store}])], "uptodate": [False], "verbosity": 2,
     }
 
 

@@ -43,13 +43,32 @@ def write_manifest(folder: Path, doc: dict, name: str = "tiny.yaml") -> Path:
     return path
 
 
-def run_doit(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the project's real dodo.py with `folder` as the project root."""
+def run_doit(folder: Path, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the project's real dodo.py with `folder` as the project root (ambient MLFLOW_* removed)."""
     cmd = [sys.executable, "-m", "doit", "-f", str(DODO), "-d", str(folder), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    return tmp_path
+@pytest.fixture(scope="session")
+def tiny_built(tmp_path_factory) -> Path:
+    """One tiny project, built once per session. Tests that change it work on a `copy_project`."""
+    root = tmp_path_factory.mktemp("tiny-built")
+    write_manifest(root, tiny_manifest_dict())
+    first = run_doit(root, "release", "manifest=tiny.yaml")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (root / "first_run.txt").write_text(first.stdout + first.stderr)
+    return root
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    """A copy of a built project: task paths are root-relative, so everything stays up to date."""
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    return dst
+
+
+def executed(output: str) -> list[str]:
+    """Task names doit ran (it prints '.  name' for a run and '-- name' for an up-to-date one)."""
+    return [line.split(None, 1)[1].strip() for line in output.splitlines() if line.startswith(".  ")]

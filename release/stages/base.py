@@ -77,14 +77,6 @@ class StageContext:
             return
         if self.manifest is None:
             raise RuntimeError("StageContext.samples needs a manifest or a sample_source")
-        import numpy as np
+        from release.model import sample_inputs
 
-        from release.data import load_split
-        from release.model import load_adapter
-
-        ref = getattr(self.manifest.data, split)
-        data = load_split(ref.annotations, ref.images, ref.limit)
-        adapter = load_adapter(self.manifest.model)
-        for record in data.images:
-            x, _ = adapter.preprocess(data.read_image(record))
-            yield x[None].astype(np.float32)
+        yield from sample_inputs(self.manifest, split)

@@ -1,0 +1,327 @@
+"""MLflow tracking: the one module that imports mlflow, and only when tracking actually runs.
+
+Where runs go: `MLFLOW_TRACKING_URI` if set, else the manifest's `tracking.uri`, else an embedded
+store under artifacts/mlflow/ (SQLite for runs, a folder for artifacts), so no server is needed.
+
+What is logged: an experiment per manifest name; a parent run per build whose report changed; a
+child run per variant the first time its figures are seen. A variant that did not change keeps its
+run: later builds name it in the parent's `variants.json` artifact and `reused.<variant>` tag (its
+pass/fail tags are refreshed), so nothing is duplicated. The released variant's ONNX file is logged
+as an MLflow model and registered under the manifest name with an alias.
+
+When the server is away: the gate and publish never wait for MLflow. The build's report is queued
+under artifacts/<name>/tracking/pending/, one warning is printed, and the next build uploads every
+queued build in order, then the current one. `tracking.required: true` makes that an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from release.atomic import read_json, write_json
+from release.errors import ReleaseError
+
+LEDGER_SCHEMA = 1
+
+
+# ---------------------------------------------------------------- cheap: no mlflow import
+
+def resolve_uri(job: dict) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or job.get("uri")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(job['root']) / 'artifacts' / 'mlflow' / 'mlflow.db'}"
+
+
+def embedded_artifacts(job: dict) -> Path:
+    return Path(job["root"]) / "artifacts" / "mlflow" / "artifacts"
+
+
+def store_key(job: dict) -> str:
+    """The ledger's name for the store: the embedded one moves with the project folder."""
+    uri = resolve_uri(job)
+    return "embedded" if uri == f"sqlite:///{Path(job['root']) / 'artifacts' / 'mlflow' / 'mlflow.db'}" else uri
+
+
+def _digest_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _ledger(job: dict) -> dict:
+    try:
+        return read_json(Path(job["ledger"]))
+    except (OSError, ValueError):
+        return {"schema_version": LEDGER_SCHEMA, "stores": {}}
+
+
+def _queue(job: dict) -> list[Path]:
+    folder = Path(job["pending"])
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def is_uptodate(job: dict) -> bool:
+    """doit uptodate check: this report is logged in this store and nothing is queued."""
+    report = Path(job["report"])
+    if not report.is_file() or _queue(job):
+        return False
+    store = _ledger(job)["stores"].get(store_key(job), {})
+    return _digest_file(report) in store.get("builds", {})
+
+
+def unreachable(uri: str, timeout: float = 3.0) -> str | None:
+    """Why a tracking server cannot be reached, or None. Local stores are always reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def flat_params(row: dict, target: dict) -> dict[str, str]:
+    """Stage params in pipeline order, e.g. '2.quantize.mode', and the target."""
+    params = {f"target.{k}": str(v) for k, v in target.items()}
+    for i, stage in enumerate(row["stages"]):
+        params[f"{i}.{stage['stage']}"] = stage["fingerprint"][:16]
+        for key, value in stage["params"].items():
+            params[f"{i}.{stage['stage']}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return params
+
+
+def baseline(report: dict) -> str | None:
+    """The fp32 baseline: the variant named fp32, else the first whose pipeline ends at export."""
+    rows = report["variants"]
+    if "fp32" in rows:
+        return "fp32"
+    return next((n for n, r in rows.items() if r["stages"] and r["stages"][-1]["stage"] == "export"), None)
+
+
+def variant_metrics(report: dict, name: str) -> dict[str, float]:
+    row = report["variants"][name]
+    metrics = {"size_mb": row["size_mb"], "latency_p50_ms": row["latency_ms"],
+               "latency_p90_ms": row["latency_p90_ms"], "map": row["map"], "map50": row["map50"]}
+    base = baseline(report)
+    if base is not None:
+        metrics["map_delta_vs_fp32"] = row["map"] - report["variants"][base]["map"]
+    if row.get("source_bytes"):
+        metrics["compression_ratio"] = row["source_bytes"] / row["bytes"]
+    if row.get("parameters") is not None:
+        metrics["parameters"] = float(row["parameters"])
+    return metrics
+
+
+def variant_tags(report: dict, name: str) -> dict[str, str]:
+    row = report["variants"][name]
+    lat = row["latency"]
+    tags = {"fingerprint": row["fingerprint"], "variant": name, "target": report["target"]["name"],
+            "runner": lat["runner"], "latency_provenance": lat["provenance"],
+            "release.pass": "pass" if row["pass"] else "fail"}
+    for check in row["checks"]:
+        tags[f"budget.{check['budget']}"] = "pass" if check["pass"] else "fail"
+    return tags
+
+
+def variant_key(name: str, row: dict) -> str:
+    """What makes a variant's run: its fingerprint and its measured figures."""
+    figures = {k: row[k] for k in ("fingerprint", "size_mb", "latency_ms", "latency_p90_ms", "map", "map50")}
+    return hashlib.sha256(json.dumps([name, figures], sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the tracking action
+
+def track(job: dict, log=print) -> dict:
+    """Upload queued builds and this one. Returns what was done; raises only if tracking.required."""
+    uri = resolve_uri(job)
+    report_path = Path(job["report"])
+    digest = _digest_file(report_path)
+    why = unreachable(uri)
+    if why is not None:
+        if job.get("required"):
+            raise ReleaseError(f"tracking: MLflow at {uri} is unreachable ({why}) and tracking.required is true. "
+                               f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or set required: false.")
+        queued = Path(job["pending"]) / f"{_next_index(job):06d}-{digest}.json"
+        if not any(p.name.endswith(f"-{digest}.json") for p in _queue(job)):
+            write_json(queued, read_json(report_path))
+        log(f"WARNING: MLflow at {uri} is unreachable ({why}); {len(_queue(job))} build(s) queued in "
+            f"{job['pending']}, uploaded at the next build. The gate and publish did not depend on it.")
+        return {"uploaded": 0, "pending": len(_queue(job))}
+
+    client = _client(uri)
+    ledger = _ledger(job)
+    store = ledger["stores"].setdefault(store_key(job), {"builds": {}, "variants": {}, "models": {}})
+    uploaded = 0
+    for path in _queue(job):  # oldest first, so the experiment shows builds in the order they ran
+        snap_digest = path.stem.split("-", 1)[1]
+        if snap_digest not in store["builds"]:
+            _log_build(client, job, read_json(path), store, snap_digest)
+            uploaded += 1
+        write_json(Path(job["ledger"]), ledger)
+        path.unlink()
+    report = read_json(report_path)
+    if digest not in store["builds"]:
+        _log_build(client, job, report, store, digest)
+        uploaded += 1
+    selected = report["selected"]
+    if selected and report["variants"][selected]["fingerprint"] not in store["models"]:
+        run_id = store["variants"][variant_key(selected, report["variants"][selected])]
+        store["models"][report["variants"][selected]["fingerprint"]] = _register(job, report, run_id)
+    write_json(Path(job["ledger"]), ledger)
+    log(f"tracking: {uploaded} build(s) logged to {uri}")
+    return {"uploaded": uploaded, "pending": 0}
+
+
+def _next_index(job: dict) -> int:
+    queue = _queue(job)
+    return int(queue[-1].name.split("-", 1)[0]) + 1 if queue else 0
+
+
+def _client(uri: str):
+    import logging
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import mlflow
+
+    for name in ("mlflow", "alembic"):  # after the import: mlflow configures its loggers on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment(client, job: dict, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if resolve_uri(job).startswith("sqlite:"):
+        location = embedded_artifacts(job).joinpath(name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _log_build(client, job: dict, report: dict, store: dict, digest: str) -> None:
+    import tempfile
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from release import gate
+
+    experiment = _experiment(client, job, report["name"])
+    verdict = "pass" if report["passed"] else "fail"
+    parent_tags = {"release.version": report["version"], "release.verdict": verdict,
+                   "release.selected": report["selected"] or "", "manifest.sha256": _digest_file(Path(job["manifest"])),
+                   "report.sha256": digest, "target": report["target"]["name"]}
+    commit = git_commit(Path(job["root"]))
+    if commit:
+        parent_tags["mlflow.source.git.commit"] = commit
+    parent = client.create_run(experiment, run_name=f"{report['name']} {report['version']} build", tags=parent_tags)
+    pid = parent.info.run_id
+    runs: dict[str, dict] = {}
+    for name, row in report["variants"].items():
+        key = variant_key(name, row)
+        run_id = store["variants"].get(key)
+        tags = variant_tags(report, name)
+        if run_id is None:
+            child = client.create_run(experiment, run_name=name, tags={**tags, "mlflow.parentRunId": pid})
+            run_id = child.info.run_id
+            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(row, report["target"]).items()],
+                             metrics=[Metric(k, float(v), 0, 0) for k, v in variant_metrics(report, name).items()])
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "metrics.json"
+                path.write_text(json.dumps({"variant": name, **row}, indent=2, default=str))
+                client.log_artifact(run_id, str(path))
+            client.set_terminated(run_id, "FINISHED")
+            store["variants"][key] = run_id
+            runs[name] = {"run_id": run_id, "reused": False}
+        else:
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            client.set_tag(pid, f"reused.{name}", run_id)
+            runs[name] = {"run_id": run_id, "reused": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "report.md").write_text(f"# Build report: {report['name']} {report['version']}\n\n```\n"
+                                          f"{gate.table(report)}\n```\n")
+        (folder / "variants.json").write_text(json.dumps(runs, indent=2))
+        write_pareto(report, folder / "pareto.png")
+        for item in folder.iterdir():
+            client.log_artifact(pid, str(item))
+    client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r["pass"] for r in report["variants"].values())), 0, 0)])
+    client.set_terminated(pid, "FINISHED")
+    store["builds"][digest] = pid
+
+
+def _register(job: dict, report: dict, run_id: str) -> str:
+    """Log the released ONNX file as an MLflow model on its variant's run and register it."""
+    import mlflow
+    import onnx
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    from release import manifest as manifests
+    from release.model import sample_inputs
+
+    row = report["variants"][report["selected"]]
+    path = Path(job["root"]) / row["artifact"]  # report paths are relative to the project root
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    loaded = manifests.load(Path(job["manifest"]), Path(job["root"]))
+    example = next(sample_inputs(loaded, "eval", 1))  # a real, preprocessed eval image
+    outputs = session.run(None, {session.get_inputs()[0].name: example})
+    names = [o.name for o in session.get_outputs()]
+    signature = infer_signature(example, {n: o for n, o in zip(names, outputs)})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(onnx.load(str(path)), name="model", signature=signature,
+                                     input_example=example, registered_model_name=report["name"],
+                                     save_as_external_data=False,
+                                     onnx_execution_providers=["CPUExecutionProvider"])
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(report["name"], job.get("alias", "candidate"), version)
+    return version
+
+
+def write_pareto(report: dict, path: Path) -> None:
+    """Size and latency against mAP, budgets drawn, the released variant marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, budget = report["variants"], report["budget"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, (figure, label, limit) in zip(axes, (("size_mb", "size (MB)", budget.get("size_mb")),
+                                                 ("latency_ms", "latency p50 (ms)", budget.get("latency_ms")))):
+        for name, row in rows.items():
+            chosen = name == report["selected"]
+            ax.scatter(row[figure], row["map"], s=90 if chosen else 40, marker="*" if chosen else "o",
+                       color="tab:green" if row["pass"] else "tab:red", zorder=3)
+            ax.annotate(name + (" (released)" if chosen else ""), (row[figure], row["map"]),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if limit is not None:
+            ax.axvline(limit, color="grey", linestyle="--", label=f"budget {limit:g}")
+        if budget.get("min_map") is not None:
+            ax.axhline(budget["min_map"], color="grey", linestyle=":", label=f"min mAP {budget['min_map']:g}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP@[.5:.95]")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{report['name']} {report['version']}: variants against budgets")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
