@@ -89,9 +89,12 @@ def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict
     facts: dict[str, Any] = {"format": fmt}
     if fmt in ("state_dict", "safetensors"):
         state = dict(obj)
-    else:
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         state = dict(obj["state_dict"])
         facts["training_keys"] = sorted(k for k in obj if k != "state_dict")
+    else:
+        raise CheckpointError(f"{path}: source.format is '{fmt}' but the file holds no 'state_dict' mapping. "
+                              f"Use format: auto, or the format the file really has.")
     prefixes = {"ema": EMA_PREFIXES, "raw": RAW_PREFIXES}
     found = {which: next((p for p in ps if any(k.startswith(p) for k in state)), None) for which, ps in prefixes.items()}
     choice = weights if weights != "auto" else ("ema" if found["ema"] else "raw")

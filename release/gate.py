@@ -6,8 +6,6 @@ missed and by how much. Gate decisions read only the measurement files, never a 
 
 from __future__ import annotations
 
-from typing import Any
-
 CHECKS = (  # budget field, figure in the row, direction, label, unit
     ("size_mb", "size_mb", "max", "size", "MB"),
     ("latency_ms", "latency_ms", "max", "latency", "ms"),
@@ -74,6 +72,11 @@ def table(report: dict) -> str:
     return "\n".join(text + [""] + notes)
 
 
+def markdown(report: dict) -> str:
+    """The build report as markdown (report.md, and the parent run's artifact)."""
+    return f"# Build report: {report['name']} {report['version']}\n\n```\n{table(report)}\n```\n"
+
+
 def missed(report: dict) -> str:
     """One line per failing variant: what it missed and by how much."""
     out = []
@@ -85,6 +88,3 @@ def missed(report: dict) -> str:
             out.append(f"  {name}: " + "; ".join(misses))
     return "\n".join(out)
 
-
-def verdict(report: dict[str, Any]) -> bool:
-    return report.get("selected") is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release import __version__, stages
+from release import stages
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.manifest import Manifest
 from release.model import module_file
@@ -18,6 +18,9 @@ from release.stages.base import OUTPUT_FILE
 
 SPLITS = ("train", "calibration", "eval")
 DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train")
+# Shared code that decides what a stage writes (checkpoint reading, model building, data order):
+# a fix in any of these must rebuild, like a fix in the stage's own module.
+FRAMEWORK_MODULES = ("release.checkpoint", "release.model", "release.data", "release.stages.base")
 
 
 def short(fp: str) -> str:
@@ -80,12 +83,17 @@ class Plan:
     def map_key(self, node: StageNode) -> str:
         spec = self.manifest.model
         return digest("map", node.fingerprint, self.data_fp["eval"], spec.adapter, spec.adapter_kwargs,
-                      source_hash(module_file(spec.adapter)), tool_versions(("onnxruntime", "pycocotools")))
+                      source_hash(module_file(spec.adapter)), tool_versions(("onnxruntime", "pycocotools")),
+                      code_hash(("release.measure.accuracy", "release.data", "release.model")))
 
     def latency_key(self, node: StageNode) -> str:
         t, m = self.manifest.target, self.manifest.measure
         return digest("latency", node.fingerprint, t.threads, t.runner, m.warmup, m.runs,
-                      tool_versions(("onnxruntime",)), __version__)
+                      tool_versions(("onnxruntime",)), code_hash(("release.measure.latency",)))
+
+
+def code_hash(modules: tuple[str, ...]) -> str:
+    return digest([source_hash(module_file(m)) for m in modules])
 
 
 def _demo_fingerprints(manifest: Manifest) -> dict[str, str]:
@@ -103,19 +111,24 @@ def build(manifest: Manifest, root: Path) -> Plan:
     artifacts = root / "artifacts"
     hashes = HashCache(artifacts / ".cache" / "hashes.json")
     demo_fp = _demo_fingerprints(manifest) if manifest.demo else {}
+    # Only splits that something reads are hashed: eval (mAP) and what the stages declare.
+    used = {"eval"} | {s for pipeline in manifest.pipelines.values() for name, params in pipeline
+                       for s in stages.reads(stages.load(name), params)}
+    data_fp = {}
+    for split in sorted(used):
+        ref = getattr(manifest.data, split)
+        if manifest.demo:
+            data_fp[split] = digest(demo_fp["data"], split, ref.limit)
+        elif ref.annotations.is_file() and ref.images.is_dir():
+            data_fp[split] = digest(hashes.file(ref.annotations), hashes.folder(ref.images), ref.limit)
+        else:
+            data_fp[split] = "missing"  # the stage reading it reports the missing file, with the fix
     if manifest.demo:
         source_fp = demo_fp["train"]
-        data_fp = {s: digest(demo_fp["data"], s) for s in SPLITS}
     else:
         source_fp = hashes.file(manifest.source.checkpoint) if manifest.source.checkpoint.is_file() else "missing"
-        data_fp = {}
-        for split in SPLITS:
-            ref = getattr(manifest.data, split)
-            if ref is not None and ref.annotations.is_file() and ref.images.is_dir():
-                data_fp[split] = digest(hashes.file(ref.annotations), hashes.folder(ref.images), ref.limit)
-            elif ref is not None:
-                data_fp[split] = "missing"
     hashes.save()
+    framework = code_hash(FRAMEWORK_MODULES)
 
     spec = manifest.model
     model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
@@ -134,13 +147,16 @@ def build(manifest: Manifest, root: Path) -> Plan:
             reads = stages.reads(module, params)
             params_dict = params.model_dump(mode="json")
             fp = digest(
-                name, sspec.version, source_hash(module.__file__), params_dict, fp,
+                name, sspec.version, source_hash(module.__file__), framework, params_dict, fp,
                 tool_versions(), [data_fp.get(s) for s in reads],
                 model_code if sspec.uses_model else None,
                 source_cfg if sspec.consumes == "checkpoint" else None,
             )
             if fp not in nodes:
-                deps = sorted({getattr(manifest.data, s).annotations for s in reads + sspec.checks})
+                # Data a stage only checks against joins file_dep just where the build generates it
+                # (for ordering); editing it must not re-run the stage, whose output it cannot change.
+                checked = sspec.checks if manifest.demo else ()
+                deps = sorted({getattr(manifest.data, s).annotations for s in reads + checked})
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp, current,
                                       artifacts / "stages" / name / short(fp), sspec.produces, deps)
             node = nodes[fp]

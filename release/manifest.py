@@ -111,7 +111,8 @@ class Manifest(Strict):
     target: Target
     budget: Budget = Budget()
     measure: Measure = Measure()
-    variants: dict[str, list[str | dict[str, dict[str, Any] | None]]] = Field(min_length=1)
+    # Steps are checked by _parse_variants, which knows the stages and reports each problem once.
+    variants: dict[Any, list[Any]] = Field(min_length=1)
     select: Literal["best_map", "smallest", "fastest"] = "best_map"
     tracking: Tracking = Tracking()
     demo: Demo | None = None
@@ -236,19 +237,25 @@ KIND_HINT = {"checkpoint": "start the pipeline with `strip`", "weights": "add `s
 def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str, Any]]]:
     pipelines: dict[str, list[tuple[str, Any]]] = {}
     for variant, steps in raw.items():
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", variant):
-            problems.add(("variants", variant), "a variant name may hold letters, digits, '_', '.', '-'.")
+        if not isinstance(variant, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", variant):
+            problems.add(("variants", variant), f"variant name {variant!r}: use a string of letters, digits, "
+                                                "'_', '.', '-' (quote names YAML reads as numbers or booleans).")
             continue
         kind, pipeline = "checkpoint", []
         for i, step in enumerate(steps):
             loc = ("variants", variant, i)
             if isinstance(step, str):
                 name, params = step, {}
-            elif len(step) == 1:
+            elif isinstance(step, dict) and len(step) == 1 and isinstance(next(iter(step.values())), (dict, type(None))):
                 name, params = next(iter(step.items()))
                 params = params or {}
+            elif isinstance(step, dict) and len(step) == 1:
+                name, params = next(iter(step.items()))
+                problems.add(loc + (name,), f"got {params!r}; a stage's params are a mapping {{param: value}}.")
+                break
             else:
-                problems.add(loc, f"a step is a stage name or a one-key mapping {{stage: params}}; got keys {sorted(step)}.")
+                shown = f"keys {sorted(map(str, step))}" if isinstance(step, dict) else repr(step)
+                problems.add(loc, f"a step is a stage name or a one-key mapping {{stage: {{param: value}}}}; got {shown}.")
                 break
             if name not in stages.REGISTRY:
                 problems.add(loc, f"unknown stage '{name}'.{did_you_mean(name, stages.names())} "
@@ -321,17 +328,31 @@ def load(path: Path, root: Path | None = None) -> Manifest:
             problems.add(*_describe(err, Manifest))
         # Stage params are checked even when other fields failed, so that one run shows everything.
         if isinstance(raw.get("variants"), dict):
-            _parse_variants({k: v for k, v in raw["variants"].items() if isinstance(v, list)
-                             and all(isinstance(s, (str, dict)) for s in v)}, problems)
+            _parse_variants({k: v for k, v in raw["variants"].items() if isinstance(v, list)}, problems)
         problems.raise_if_any()
         raise  # unreachable: a ValidationError always has errors
 
+    for field in ("builder", "adapter"):
+        if _module_missing(getattr(manifest.model, field)):
+            module = getattr(manifest.model, field).partition(":")[0]
+            problems.add(("model", field), f"no module '{module}' can be imported here. Check the spelling "
+                                           f"('package.module:name') and that the package is installed.")
     manifest = _absolute(manifest, root)
     manifest._path = path
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)
     problems.raise_if_any()
     return manifest
+
+
+def _module_missing(spec: str) -> bool:
+    """True when the module of 'package.module:name' cannot be found (found, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(spec.partition(":")[0]) is None
+    except (ImportError, ValueError):
+        return True
 
 
 def _absolute(manifest: Manifest, root: Path) -> Manifest:

@@ -155,8 +155,7 @@ def gate(job: dict) -> None:
     write_json(Path(job["report"]), report)
     from release.atomic import write_text
 
-    write_text(Path(job["report_md"]), f"# Build report: {job['name']} {job['version']}\n\n```\n"
-                                       f"{gates.table(report)}\n```\n")
+    write_text(Path(job["report_md"]), gates.markdown(report))
 
 
 @guarded
@@ -179,6 +178,9 @@ def ui(job: dict) -> None:
     """Serve the MLflow UI on the tracking store until interrupted."""
     import subprocess
 
+    if job["uri"].startswith(("http://", "https://")):
+        print(f"tracking goes to a server: its UI is at {job['uri']}", flush=True)
+        return
     store = Path(job["root"]) / "artifacts" / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", job["uri"],

@@ -71,11 +71,14 @@ def stage_tasks(plan: Plan):
 
 
 def measure_tasks(plan: Plan):
-    manifest, seen = plan.manifest, set()
-    for node in plan.final.values():
-        if node.fingerprint in seen:
-            continue
-        seen.add(node.fingerprint)
+    manifest = plan.manifest
+    finals = list({node.fingerprint: node for node in plan.final.values()}.values())
+    # Latency is timed alone: under `doit -n N` it waits for every stage and mAP task, and the
+    # latency tasks run one after another, so no build work shares the cores with a timing.
+    busy = [f"stage:{n.task_name}" for n in plan.nodes.values()] + \
+           [f"measure:map@{short(n.fingerprint)[:10]}" for n in finals]
+    previous: list[str] = []
+    for node in finals:
         model, tag = str(node.output), short(node.fingerprint)
         yield {
             "name": f"size@{tag[:10]}", "doc": f"size of {node.stage} output",
@@ -95,8 +98,9 @@ def measure_tasks(plan: Plan):
                 warmup=manifest.measure.warmup, runs=manifest.measure.runs,
                 target=manifest.target.model_dump(mode="json"))])],
             "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
-            "verbosity": 2,
+            "task_dep": busy + previous, "verbosity": 2,
         }
+        previous = [f"measure:latency@{tag[:10]}"]
 
 
 def _report_paths(plan: Plan) -> dict:
@@ -166,7 +170,7 @@ def release_task(plan: Plan) -> dict:
 def ui_task(plan: Plan) -> dict:
     from release import tracking
 
-    job = _job(plan)
+    job = _job(plan, uri=plan.manifest.tracking.uri)
     store = tracking.resolve_uri(job)
     return {
         "doc": "open the MLflow UI on this project's tracking store (http://127.0.0.1:5000; Ctrl-C stops it)",

@@ -149,40 +149,58 @@ def variant_key(name: str, row: dict) -> str:
 def track(job: dict, log=print) -> dict:
     """Upload queued builds and this one. Returns what was done; raises only if tracking.required."""
     uri = resolve_uri(job)
-    report_path = Path(job["report"])
-    digest = _digest_file(report_path)
+    digest = _digest_file(Path(job["report"]))
+    # Provenance is taken now, when the build ran, not when a queued build is finally uploaded.
+    snapshot = {"report": read_json(Path(job["report"])), "manifest_sha256": _digest_file(Path(job["manifest"])),
+                "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
-    if why is not None:
-        if job.get("required"):
-            raise ReleaseError(f"tracking: MLflow at {uri} is unreachable ({why}) and tracking.required is true. "
-                               f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or set required: false.")
-        queued = Path(job["pending"]) / f"{_next_index(job):06d}-{digest}.json"
-        if not any(p.name.endswith(f"-{digest}.json") for p in _queue(job)):
-            write_json(queued, read_json(report_path))
-        log(f"WARNING: MLflow at {uri} is unreachable ({why}); {len(_queue(job))} build(s) queued in "
-            f"{job['pending']}, uploaded at the next build. The gate and publish did not depend on it.")
-        return {"uploaded": 0, "pending": len(_queue(job))}
+    if why is None:
+        try:
+            return _upload(job, uri, digest, snapshot, log)
+        except ReleaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the server went away mid-way or refused a call:
+            # tracking must never fail a build that gated and published; the report is queued and
+            # the error is shown, so nothing is lost or hidden.
+            why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+    if job.get("required"):
+        raise ReleaseError(f"tracking: MLflow at {uri} is unreachable ({why}) and tracking.required is true. "
+                           f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or set required: false.")
+    if not any(p.name.endswith(f"-{digest}.json") for p in _queue(job)):
+        write_json(Path(job["pending"]) / f"{_next_index(job):06d}-{digest}.json", snapshot)
+    log(f"WARNING: MLflow at {uri} is unreachable ({why}); {len(_queue(job))} build(s) queued in "
+        f"{job['pending']}, uploaded at the next build. The gate and publish did not depend on it.")
+    return {"uploaded": 0, "pending": len(_queue(job))}
 
+
+def _upload(job: dict, uri: str, digest: str, snapshot: dict, log) -> dict:
     client = _client(uri)
     ledger = _ledger(job)
     store = ledger["stores"].setdefault(store_key(job), {"builds": {}, "variants": {}, "models": {}})
+
+    def save() -> None:  # after every run created, so that a retry never creates it twice
+        write_json(Path(job["ledger"]), ledger)
+
     uploaded = 0
     for path in _queue(job):  # oldest first, so the experiment shows builds in the order they ran
-        snap_digest = path.stem.split("-", 1)[1]
-        if snap_digest not in store["builds"]:
-            _log_build(client, job, read_json(path), store, snap_digest)
+        queued_digest = path.stem.split("-", 1)[1]
+        if queued_digest not in store["builds"]:
+            _log_build(client, job, read_json(path), store, queued_digest, save)
             uploaded += 1
-        write_json(Path(job["ledger"]), ledger)
         path.unlink()
-    report = read_json(report_path)
     if digest not in store["builds"]:
-        _log_build(client, job, report, store, digest)
+        _log_build(client, job, snapshot, store, digest, save)
         uploaded += 1
+    report = snapshot["report"]
     selected = report["selected"]
-    if selected and report["variants"][selected]["fingerprint"] not in store["models"]:
-        run_id = store["variants"][variant_key(selected, report["variants"][selected])]
-        store["models"][report["variants"][selected]["fingerprint"]] = _register(job, report, run_id)
-    write_json(Path(job["ledger"]), ledger)
+    if selected:
+        fingerprint = report["variants"][selected]["fingerprint"]
+        if fingerprint not in store["models"]:
+            run_id = store["variants"][variant_key(selected, report["variants"][selected])]
+            store["models"][fingerprint] = _register(job, report, run_id)
+            save()
+        # The alias follows the current release, also back to a version registered earlier.
+        client.set_registered_model_alias(report["name"], job.get("alias", "candidate"), store["models"][fingerprint])
     log(f"tracking: {uploaded} build(s) logged to {uri}")
     return {"uploaded": uploaded, "pending": 0}
 
@@ -214,58 +232,74 @@ def _experiment(client, job: dict, name: str) -> str:
     location = None
     if resolve_uri(job).startswith("sqlite:"):
         location = embedded_artifacts(job).joinpath(name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    # Without the kind, MLflow 3 opens an experiment on its GenAI overview, not on the runs table.
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
-def _log_build(client, job: dict, report: dict, store: dict, digest: str) -> None:
+def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save) -> None:
     import tempfile
+    import time
 
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from release import gate
 
+    report = snapshot["report"]
+    now = int(time.time() * 1000)
     experiment = _experiment(client, job, report["name"])
     verdict = "pass" if report["passed"] else "fail"
     parent_tags = {"release.version": report["version"], "release.verdict": verdict,
-                   "release.selected": report["selected"] or "", "manifest.sha256": _digest_file(Path(job["manifest"])),
+                   "release.selected": report["selected"] or "", "manifest.sha256": snapshot["manifest_sha256"],
                    "report.sha256": digest, "target": report["target"]["name"]}
-    commit = git_commit(Path(job["root"]))
-    if commit:
-        parent_tags["mlflow.source.git.commit"] = commit
-    parent = client.create_run(experiment, run_name=f"{report['name']} {report['version']} build", tags=parent_tags)
-    pid = parent.info.run_id
+    if snapshot.get("git_commit"):
+        parent_tags["mlflow.source.git.commit"] = snapshot["git_commit"]
+    partial = store.setdefault("partial", {})
+    pid = partial.get(digest)  # a parent created by an upload that was cut off: finish that one
+    if pid is None:
+        pid = client.create_run(experiment, run_name=f"{report['name']} {report['version']} build",
+                                tags=parent_tags).info.run_id
+        partial[digest] = pid
+        save()
     runs: dict[str, dict] = {}
     for name, row in report["variants"].items():
         key = variant_key(name, row)
         run_id = store["variants"].get(key)
-        tags = variant_tags(report, name)
+        incomplete = store.setdefault("incomplete", [])
         if run_id is None:
-            child = client.create_run(experiment, run_name=name, tags={**tags, "mlflow.parentRunId": pid})
-            run_id = child.info.run_id
+            run_id = client.create_run(experiment, run_name=name, tags={
+                **variant_tags(report, name), "mlflow.parentRunId": pid}).info.run_id
+            store["variants"][key] = run_id
+            incomplete.append(run_id)
+            save()
+        if run_id in incomplete:  # new, or created by an upload that was cut off: (re)log it all
             client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(row, report["target"]).items()],
-                             metrics=[Metric(k, float(v), 0, 0) for k, v in variant_metrics(report, name).items()])
+                             metrics=[Metric(k, float(v), now, 0) for k, v in variant_metrics(report, name).items()])
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "metrics.json"
                 path.write_text(json.dumps({"variant": name, **row}, indent=2, default=str))
                 client.log_artifact(run_id, str(path))
             client.set_terminated(run_id, "FINISHED")
-            store["variants"][key] = run_id
-            runs[name] = {"run_id": run_id, "reused": False}
+            incomplete.remove(run_id)
+            save()
+            runs[name] = {"run_id": run_id, "reused": False, "pass": row["pass"]}
         else:
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            # The run keeps the tags of the build that measured it; this build's verdict for it
+            # lives on this build's parent (variants.json), so history is never rewritten.
             client.set_tag(pid, f"reused.{name}", run_id)
-            runs[name] = {"run_id": run_id, "reused": True}
+            runs[name] = {"run_id": run_id, "reused": True, "pass": row["pass"]}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "report.md").write_text(f"# Build report: {report['name']} {report['version']}\n\n```\n"
-                                          f"{gate.table(report)}\n```\n")
+        (folder / "report.md").write_text(gate.markdown(report))
         (folder / "variants.json").write_text(json.dumps(runs, indent=2))
         write_pareto(report, folder / "pareto.png")
         for item in folder.iterdir():
             client.log_artifact(pid, str(item))
-    client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r["pass"] for r in report["variants"].values())), 0, 0)])
+    client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r["pass"] for r in report["variants"].values())),
+                                          now, 0)])
     client.set_terminated(pid, "FINISHED")
-    store["builds"][digest] = pid
+    store["builds"][digest] = partial.pop(digest)
+    save()
 
 
 def _register(job: dict, report: dict, run_id: str) -> str:
@@ -291,9 +325,7 @@ def _register(job: dict, report: dict, run_id: str) -> str:
                                      input_example=example, registered_model_name=report["name"],
                                      save_as_external_data=False,
                                      onnx_execution_providers=["CPUExecutionProvider"])
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(report["name"], job.get("alias", "candidate"), version)
-    return version
+    return str(info.registered_model_version)
 
 
 def write_pareto(report: dict, path: Path) -> None:

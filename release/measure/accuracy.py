@@ -7,10 +7,11 @@ import io
 import time
 from pathlib import Path
 
+from release.measure import input_dtype
+
 
 def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False) -> dict:
     """mAP@[.5:.95] and mAP@.5 of the ONNX file on a COCO split (pycocotools, bbox)."""
-    import numpy as np
     import onnxruntime as ort
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -23,12 +24,12 @@ def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False) -> d
     data = load_split(eval_ref.annotations, eval_ref.images, eval_ref.limit)
     adapter = load_adapter(model_spec)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    input_name, dtype = session.get_inputs()[0].name, input_dtype(session)
     cat_ids = data.category_ids
     results = []
     for record in tqdm(data.images, desc="mAP", disable=not progress, leave=False):
         x, meta = adapter.preprocess(data.read_image(record))
-        outputs = session.run(None, {input_name: x[None].astype(np.float32)})
+        outputs = session.run(None, {input_name: x[None].astype(dtype)})
         for x0, y0, w, h, score, cls in adapter.postprocess(outputs, meta):
             results.append({"image_id": record.id, "category_id": cat_ids[int(cls)],
                             "bbox": [float(x0), float(y0), float(w), float(h)], "score": float(score)})

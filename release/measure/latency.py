@@ -43,13 +43,6 @@ def measure(model: Path, threads: int, warmup: int = 10, runs: int = 50, timeout
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def _worker(model: str, threads: int, warmup: int, runs: int) -> dict:
     import numpy as np
     import onnxruntime as ort
@@ -59,11 +52,11 @@ def _worker(model: str, threads: int, warmup: int, runs: int) -> dict:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feeds = {}
-    rng = np.random.default_rng(0)
-    for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    from release.measure import input_dtype
+
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    feeds = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(input_dtype(session))}
     for _ in range(warmup):
         session.run(None, feeds)
     times = []
@@ -74,7 +67,7 @@ def _worker(model: str, threads: int, warmup: int, runs: int) -> dict:
     mean = statistics.fmean(times)
     cores = os.cpu_count() or 1
     return {
-        "p50_ms": statistics.median(times), "p90_ms": _percentile(times, 0.9),
+        "p50_ms": statistics.median(times), "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1],
         "min_ms": min(times), "max_ms": max(times), "mean_ms": mean,
         "cv": statistics.pstdev(times) / mean if mean else 0.0, "runs": runs, "warmup": warmup,
         "threads": threads, "host_cores": cores, "runner": "local", "provenance": "host",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,3 +167,32 @@ def test_required_tracking_fails_when_the_server_is_away(tiny_built, tmp_path):
     assert done.returncode == 1, text
     assert "unreachable" in text and "tracking.required is true" in text and "Traceback" not in text
     assert (root / "artifacts/tiny/release/0.0.1/model.onnx").is_file()  # the gate did not wait for it
+
+
+def test_an_upload_cut_off_midway_is_queued_and_finished_without_duplicates(tiny_built, tmp_path):
+    """The embedded store's artifact folder is blocked by a file, so MLflow fails after it has
+    created the parent and a child run: the real failure of a server that goes away mid-upload."""
+    root = copy_project(tiny_built, tmp_path / "proj")
+    shutil.rmtree(root / "artifacts" / "mlflow")
+    (root / "artifacts" / "tiny" / "tracking" / "ledger.json").unlink()
+    blocker = root / "artifacts" / "mlflow" / "artifacts" / "tiny"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    done = run_doit(root, "release", "manifest=tiny.yaml")
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert text.count("WARNING: MLflow at") == 1 and "released" in text
+    assert len(list((root / "artifacts/tiny/tracking/pending").glob("*.json"))) == 1
+    uri = f"sqlite:///{root / 'artifacts' / 'mlflow' / 'mlflow.db'}"
+    assert len(runs_of(client_for(uri), "tiny")) >= 2  # the cut-off upload had created runs
+
+    blocker.unlink()
+    again = run_doit(root, "release", "manifest=tiny.yaml")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "tracking: 1 build(s) logged" in again.stdout
+    runs = runs_of(client_for(uri), "tiny")
+    assert sorted(r.info.run_name for r in runs) == ["fp32", "int8", "tiny 0.0.1 build"]  # no duplicates
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:  # the child cut off before its figures were logged got them on the retry
+        if "mlflow.parentRunId" in run.data.tags:
+            assert "map" in run.data.metrics and "0.strip" in run.data.params

@@ -99,3 +99,11 @@ def test_prefix_hint(tmp_path):
     wrapped = {f"net.{k}": v for k, v in expected.items()}
     report = checkpoint.mismatch_report(wrapped, expected, tmp_path / "c.pt")
     assert "extra 'net.' prefix" in report
+
+
+def test_a_named_format_that_does_not_fit_is_a_clear_error(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"weights": tiny_model().state_dict()}, path)
+    fmt, obj = checkpoint.read(path, "lightning")
+    with pytest.raises(CheckpointError, match="source.format is 'lightning' but the file holds no 'state_dict'"):
+        checkpoint.extract(path, fmt, obj)

@@ -46,5 +46,5 @@ def test_table_says_what_was_missed_and_by_how_much():
 
 def test_nothing_passes():
     rep = report_for({"fp32": row(2.0, 20.0, 0.1)}, BUDGET)
-    assert rep["selected"] is None and not gate.verdict(rep)
+    assert rep["selected"] is None
     assert "nothing released" in gate.table(rep)

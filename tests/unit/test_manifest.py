@@ -86,3 +86,21 @@ def test_resolve_by_name_under_recipes(tmp_path):
     assert manifest.resolve("mine.yaml", tmp_path) == target
     with pytest.raises(ManifestError, match="Did you mean 'mine.yaml'"):
         manifest.resolve("mien.yaml", tmp_path)
+
+
+def test_bad_variant_names_and_steps_are_reported_once_each(tmp_path):
+    doc = tiny_manifest_dict(variants={1: ["strip", "export"], "v": ["strip", {"export": 5}], "w": ["strip", 7]})
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, doc)
+    message = str(err.value)
+    assert "3 problems" in message, message
+    assert "variant name 1: use a string" in message
+    assert "variants.v[1].export: got 5; a stage's params are a mapping {param: value}." in message
+    assert "variants.w[1]: a step is a stage name or a one-key mapping {stage: {param: value}}; got 7." in message
+
+
+def test_a_misspelled_builder_fails_at_validation_not_after_training(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["model"]["builder"] = "release.demo.detectr:build"
+    with pytest.raises(ManifestError, match=r"model.builder: no module 'release.demo.detectr' can be imported"):
+        load_doc(tmp_path, doc)
