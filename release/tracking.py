@@ -155,6 +155,7 @@ def track(job: dict, log=print) -> dict:
                 "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
     if why is None:
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
         try:
             return _upload(job, uri, digest, snapshot, log)
         except ReleaseError:
@@ -163,6 +164,11 @@ def track(job: dict, log=print) -> dict:
             # tracking must never fail a build that gated and published; the report is queued and
             # the error is shown, so nothing is lost or hidden.
             why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        finally:  # mlflow.set_tracking_uri writes the variable; leave the process as it was
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
     if job.get("required"):
         raise ReleaseError(f"tracking: MLflow at {uri} is unreachable ({why}) and tracking.required is true. "
                            f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or set required: false.")
