@@ -83,6 +83,11 @@ class HashCache:
         self._dirty = False
 
 
-def source_hash(path: Path) -> str:
-    """sha256 of a source file (a stage's or a model's code)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and os.path.isfile(path) else "none"
+def file_sha256(path: Path) -> str:
+    """sha256 of a small file read whole (a report, a manifest, a source file, a released model)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def source_hash(path: Path | None) -> str:
+    """sha256 of a source file (a stage's or a model's code); 'none' when there is no file."""
+    return file_sha256(path) if path and os.path.isfile(path) else "none"

@@ -6,13 +6,12 @@ reads the folder never sees a half-written release.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from release import __version__
 from release.atomic import atomic_dir, write_json, write_text
-from release.fingerprint import HashCache, tool_versions
+from release.fingerprint import HashCache, file_sha256, tool_versions
 
 LOCK_SCHEMA = 1
 
@@ -34,7 +33,7 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
     return {
         "schema_version": LOCK_SCHEMA, "name": report["name"], "version": report["version"],
         "variant": report["selected"], "fingerprint": report["variants"][report["selected"]]["fingerprint"],
-        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "model_sha256": file_sha256(model),
         "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
                    "format": source.format, "trusted": source.trusted},
         "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},

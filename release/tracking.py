@@ -24,6 +24,7 @@ from pathlib import Path
 
 from release.atomic import read_json, write_json
 from release.errors import ReleaseError
+from release.fingerprint import file_sha256
 
 LEDGER_SCHEMA = 1
 
@@ -47,10 +48,6 @@ def store_key(job: dict) -> str:
     return "embedded" if uri == f"sqlite:///{Path(job['root']) / 'artifacts' / 'mlflow' / 'mlflow.db'}" else uri
 
 
-def _digest_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _ledger(job: dict) -> dict:
     try:
         return read_json(Path(job["ledger"]))
@@ -69,7 +66,7 @@ def is_uptodate(job: dict) -> bool:
     if not report.is_file() or _queue(job):
         return False
     store = _ledger(job)["stores"].get(store_key(job), {})
-    return _digest_file(report) in store.get("builds", {})
+    return file_sha256(report) in store.get("builds", {})
 
 
 def unreachable(uri: str, timeout: float = 3.0) -> str | None:
@@ -149,9 +146,9 @@ def variant_key(name: str, row: dict) -> str:
 def track(job: dict, log=print) -> dict:
     """Upload queued builds and this one. Returns what was done; raises only if tracking.required."""
     uri = resolve_uri(job)
-    digest = _digest_file(Path(job["report"]))
+    digest = file_sha256(Path(job["report"]))
     # Provenance is taken now, when the build ran, not when a queued build is finally uploaded.
-    snapshot = {"report": read_json(Path(job["report"])), "manifest_sha256": _digest_file(Path(job["manifest"])),
+    snapshot = {"report": read_json(Path(job["report"])), "manifest_sha256": file_sha256(Path(job["manifest"])),
                 "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
     if why is None:

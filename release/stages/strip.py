@@ -27,7 +27,6 @@ class Params(StageParams):
 
 
 def run(ctx: StageContext) -> dict:
-    import torch
     from safetensors.torch import save_file
 
     from release import checkpoint

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from pydantic import ValidationError
-from torch import nn
 
 from release.errors import ReleaseError
+from tests.models import export_tiny_detector
 from release.stages import fp16
 from release.stages.base import StageContext
 
@@ -23,34 +21,9 @@ from release.stages.base import StageContext
 MAX_REL_DIFF = 1e-2
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
-class TinyDetector(nn.Module):
-    """Conv-BN-ReLU x3 with a Sigmoid score head and a regression head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(_conv_bn_relu(3, 32, 2), _conv_bn_relu(32, 64, 2), _conv_bn_relu(64, 64, 1))
-        self.cls = nn.Conv2d(64, 4, 1)
-        self.reg = nn.Conv2d(64, 4, 1)
-
-    def forward(self, x: torch.Tensor):
-        features = self.body(x)
-        return torch.sigmoid(self.cls(features)), self.reg(features)
-
-
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = TinyDetector().eval()
-    path = tmp_path_factory.mktemp("fp32") / "model.onnx"
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and chosen on purpose
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["scores", "boxes"])
-    return path
+    return export_tiny_detector(tmp_path_factory.mktemp("fp32") / "model.onnx")
 
 
 def _run(model: Path, out_dir: Path, **params) -> tuple[dict, StageContext]:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import numpy_helper
 from pydantic import ValidationError
-from torch import nn
 
 from release.errors import ReleaseError
+from tests.models import export_tiny_detector
 from release.stages import quantize
 from release.stages.base import StageContext
 
@@ -27,39 +25,10 @@ MIN_SQNR_DB = 15.0
 MEAN_REL_ERR = 0.05
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
-class TinyDetector(nn.Module):
-    """Conv-BN-ReLU x3 (64/128/128 channels: ~220k weights, so int8 storage dominates the file)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            _conv_bn_relu(3, 64, 2), _conv_bn_relu(64, 128, 2), _conv_bn_relu(128, 128, 1))
-        self.cls = nn.Conv2d(128, 4, 1)
-        self.reg = nn.Conv2d(128, 4, 1)
-
-    def forward(self, x: torch.Tensor):
-        features = self.body(x)
-        return torch.sigmoid(self.cls(features)), self.reg(features)
-
-
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = TinyDetector().eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):  # non-trivial folded BN, as in a trained net
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("fp32") / "model.onnx"
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and chosen on purpose
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["scores", "boxes"])
-    return path
+    # 64/128/128 channels: ~220k weights, so int8 storage dominates the file.
+    return export_tiny_detector(tmp_path_factory.mktemp("fp32") / "model.onnx", (64, 128, 128), trained_bn=True)
 
 
 def _images(n: int, seed: int = 0, skewed: bool = False) -> list[np.ndarray]:
