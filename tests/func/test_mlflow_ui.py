@@ -82,3 +82,32 @@ def test_ui_shows_every_variant_and_its_map(tiny_built, tmp_path):
         assert done.returncode == 0 and shot.stat().st_size > 10_000
     finally:
         server.stop()
+
+
+def test_doit_ui_serves_the_embedded_store(tiny_built, tmp_path):
+    import signal
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import DODO
+
+    root = copy_project(tiny_built, tmp_path / "proj")
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_UI_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(DODO), "-d", str(root), "ui", "manifest=tiny.yaml"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline, ok = time.monotonic() + 90, False
+        while time.monotonic() < deadline and proc.poll() is None and not ok:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    ok = response.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert ok, "doit ui did not serve the MLflow UI"
+        runs = runs_of(client_for(f"http://127.0.0.1:{port}"), "tiny")
+        assert {"fp32", "int8"} <= {r.info.run_name for r in runs}  # the project's own store
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
