@@ -1,7 +1,8 @@
 """The release bundle: the selected ONNX file, its metrics, a model card and a lock file.
 
-Written to artifacts/<name>/release/<version>/ in one atomic rename: a device or a CI job that
-reads the folder never sees a half-written release.
+Written to artifacts/<name>/release/<version>/ by renaming a complete folder into place: a device or
+a CI job that reads it never sees a half-written release (replacing an earlier bundle of the same
+version takes two renames, so for an instant the folder may be absent, never partial).
 """
 
 from __future__ import annotations

@@ -39,14 +39,3 @@ def measure(path: Path) -> dict:
     total = sum(f.stat().st_size for f in files)
     return {"bytes": total, "size_mb": total / MB, "files": [f.name for f in files]}
 
-
-def zipped_bytes(path: Path) -> int:
-    """Deflate-compressed size of the model files: what sparsity saves on a download or in flash."""
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for f in model_files(path):
-            archive.write(f, f.name)
-    return buffer.tell()
