@@ -23,6 +23,13 @@ DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.tr
 FRAMEWORK_MODULES = ("release.checkpoint", "release.model", "release.data", "release.stages.base")
 
 
+def relative(path: Path, root: Path) -> str:
+    """A path as the project sees it: relative to the root when inside it (doit runs there), so a
+    moved or copied project, or a CI cache restored elsewhere, is still up to date."""
+    path = Path(path)
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def short(fp: str) -> str:
     return fp[:16]
 

@@ -13,13 +13,9 @@ from pathlib import Path
 from release import __version__
 from release.atomic import atomic_dir, write_json, write_text
 from release.fingerprint import HashCache, file_sha256, tool_versions
+from release.graph import relative
 
 LOCK_SCHEMA = 1
-
-
-def _relative(path: Path, root: Path) -> str:
-    """Paths in the lock are relative to the project root, so that two checkouts agree."""
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
@@ -27,7 +23,7 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
     for split in ("train", "calibration", "eval"):
         ref = getattr(manifest.data, split)
         if ref is not None:
-            data[split] = {"annotations": _relative(ref.annotations, Path(job["root"])),
+            data[split] = {"annotations": relative(ref.annotations, Path(job["root"])),
                            "annotations_sha256": hashes.file(ref.annotations),
                            "images_sha256": hashes.folder(ref.images), "limit": ref.limit}
     source = manifest.source
@@ -101,4 +97,4 @@ def publish(report: dict, job: dict) -> dict:
         write_json(tmp / "release.lock", lock)
         write_text(tmp / "MODEL_CARD.md", _card(report, lock))
     hashes.save()
-    return {"published": _relative(dest, Path(job["root"])), "variant": name, "model_sha256": lock["model_sha256"]}
+    return {"published": relative(dest, Path(job["root"])), "variant": name, "model_sha256": lock["model_sha256"]}

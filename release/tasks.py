@@ -13,17 +13,11 @@ from pathlib import Path
 from doit.tools import config_changed
 
 from release import runner
-from release.graph import Plan, short
+from release.graph import Plan, relative, short
 
 
 def _rel(plan: Plan, paths) -> list[str]:
-    """Task paths relative to the project root (doit runs there): a moved or copied project, or a
-    CI cache restored into another folder, is still up to date."""
-    out = []
-    for path in paths:
-        path = Path(path)
-        out.append(str(path.relative_to(plan.root)) if path.is_relative_to(plan.root) else str(path))
-    return out
+    return [relative(path, plan.root) for path in paths]
 
 
 def _job(plan: Plan, **extra) -> dict:

@@ -31,11 +31,13 @@ LEDGER_SCHEMA = 1
 
 # ---------------------------------------------------------------- cheap: no mlflow import
 
+def embedded_uri(root: Path) -> str:
+    """The project's own store: SQLite under artifacts/mlflow/."""
+    return f"sqlite:///{Path(root) / 'artifacts' / 'mlflow' / 'mlflow.db'}"
+
+
 def resolve_uri(job: dict) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or job.get("uri")
-    if uri:
-        return uri
-    return f"sqlite:///{Path(job['root']) / 'artifacts' / 'mlflow' / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or job.get("uri") or embedded_uri(job["root"])
 
 
 def embedded_artifacts(job: dict) -> Path:
@@ -45,7 +47,7 @@ def embedded_artifacts(job: dict) -> Path:
 def store_key(job: dict) -> str:
     """The ledger's name for the store: the embedded one moves with the project folder."""
     uri = resolve_uri(job)
-    return "embedded" if uri == f"sqlite:///{Path(job['root']) / 'artifacts' / 'mlflow' / 'mlflow.db'}" else uri
+    return "embedded" if uri == embedded_uri(job["root"]) else uri
 
 
 def _ledger(job: dict) -> dict:

@@ -38,6 +38,19 @@ def test_configs_have_the_documented_keys():
     assert tiny_config()["steps"] < default_config()["steps"]
 
 
+def test_default_config_is_what_the_manifest_and_recipe_use():
+    """The trainer's defaults are stated in three places; they must not drift apart."""
+    from release.manifest import Demo, load
+    from tests.conftest import REPO
+
+    cfg, demo = default_config(), Demo(data_dir="x")
+    recipe = load(REPO / "recipes" / "rpi_detector.yaml", REPO)
+    for key in ("seed", "image_size", "train_images", "calibration_images", "eval_images", "steps",
+                "batch_size", "lr"):
+        assert cfg[key] == getattr(demo, key) == getattr(recipe.demo, key), key
+    assert {k: cfg[k] for k in ("num_classes", "width")} == recipe.model.kwargs
+
+
 def test_loss_falls(trained):
     _, summary, cfg = trained
     assert summary["steps"] == cfg["steps"] and summary["images"] == cfg["train_images"]
