@@ -18,6 +18,11 @@ DOIT_CONFIG = {
 PLAN = tasks.plan_for(get_var("manifest", "rpi_detector.yaml"))
 
 
+def task_check():
+    """check the manifest against the model (prune patterns, student outputs) before any training"""
+    yield from tasks.check_tasks(PLAN)
+
+
 def task_demo():
     """the bundled demo: synthetic data and a trained detector checkpoint"""
     yield from tasks.demo_tasks(PLAN)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("torch", "onnx", "onnxruntime", "release")
+TOOLS = ("torch", "onnx", "onnxruntime", "torch-pruning", "release")
 
 
 def digest(*parts: Any) -> str:

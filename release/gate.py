@@ -44,7 +44,7 @@ def _fmt(value: float, unit: str) -> str:
 def table(report: dict) -> str:
     """The gate table as fixed-width text (also valid inside a markdown code block)."""
     budget = report["budget"]
-    header = ["variant", "size MB", "latency ms", "mAP", "mAP@.5"]
+    header = ["variant", "size MB", "latency ms", "mAP", "mAP@.5", "MMACs"]
     for key, _, direction, label, unit in CHECKS:
         if budget.get(key) is not None:
             header.append(f"{label} {'<=' if direction == 'max' else '>='} {_fmt(budget[key], unit)}")
@@ -52,7 +52,8 @@ def table(report: dict) -> str:
     lines = [header]
     for name, row in report["variants"].items():
         cells = [name + (" *" if name == report.get("selected") else ""), f"{row['size_mb']:.3f}",
-                 f"{row['latency_ms']:.2f}", f"{row['map']:.3f}", f"{row['map50']:.3f}"]
+                 f"{row['latency_ms']:.2f}", f"{row['map']:.3f}", f"{row['map50']:.3f}",
+                 f"{row['macs'] / 1e6:.1f}" if row.get("macs") else "-"]
         for check in row["checks"]:
             sign = "+" if check["margin"] >= 0 else "-"
             cells.append(f"{'pass' if check['pass'] else 'FAIL'} {sign}{_fmt(abs(check['margin']), check['unit'])}")
@@ -65,6 +66,11 @@ def table(report: dict) -> str:
     notes = ["margins: + is headroom, - is how far a budget was missed"]
     if latency:
         notes.append(latency)
+    for name, row in report["variants"].items():
+        if row.get("sparsity"):
+            notes.append(f"{name}: {row['sparsity']:.0%} of its conv/linear weights are zero, but a dense ONNX "
+                         f"file does not shrink from sparsity alone ({row['size_mb']:.3f} MB); zipped it is "
+                         f"{row['zipped_mb']:.3f} MB")
     if report.get("selected"):
         notes.append(f"* released: {report['selected']} (select: {report['select']})")
     else:

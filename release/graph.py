@@ -17,7 +17,7 @@ from release.model import module_file
 from release.stages.base import OUTPUT_FILE
 
 SPLITS = ("train", "calibration", "eval")
-DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train")
+DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train", "release.training")
 # Shared code that decides what a stage writes (checkpoint reading, model building, data order):
 # a fix in any of these must rebuild, like a fix in the stage's own module.
 FRAMEWORK_MODULES = ("release.checkpoint", "release.model", "release.data", "release.stages.base")
@@ -74,6 +74,11 @@ class Plan:
     @property
     def release_dir(self) -> Path:
         return self.artifacts / self.manifest.name
+
+    @property
+    def preflight(self) -> list[StageNode]:
+        """Stage nodes whose stage checks the manifest against the model before anything trains."""
+        return [n for n in self.nodes.values() if hasattr(stages.load(n.stage), "preflight")]
 
     def measure_dir(self, node: StageNode) -> Path:
         return self.artifacts / "measure" / short(node.fingerprint)
@@ -153,11 +158,15 @@ def build(manifest: Manifest, root: Path) -> Plan:
             sspec = module.SPEC
             reads = stages.reads(module, params)
             params_dict = params.model_dump(mode="json")
+            # Helper modules the stage names, and code its params point at (a distilled student's builder).
+            refs = [source_hash(module_file(m)) for m in sspec.code] + \
+                   [source_hash(module_file(r)) for r in getattr(module, "code_refs", lambda _: [])(params)]
             fp = digest(
                 name, sspec.version, source_hash(module.__file__), framework, params_dict, fp,
                 tool_versions(), [data_fp.get(s) for s in reads],
                 model_code if sspec.uses_model else None,
                 source_cfg if sspec.consumes == "checkpoint" else None,
+                *([refs] if refs else []),
             )
             if fp not in nodes:
                 # Data a stage only checks against joins file_dep just where the build generates it

@@ -345,6 +345,19 @@ def load(path: Path, root: Path | None = None) -> Manifest:
     return manifest
 
 
+def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:
+    """Raise a ManifestError for problems found after loading (e.g. by the preflight check against
+    the model), each with its line in the manifest file."""
+    if not found:
+        return
+    text = manifest.path.read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    problems = _Problems(manifest.path, _line_index(node) if node is not None else {})
+    for loc, message in found:
+        problems.add(loc, message)
+    problems.raise_if_any()
+
+
 def _module_missing(spec: str) -> bool:
     """True when the module of 'package.module:name' cannot be found (found, not imported)."""
     import importlib.util

@@ -61,7 +61,8 @@ Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
 | latency p50 / p90 | {lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} ms ({lat['runs']} runs, CV {lat['cv']:.2f}) |
 | COCO mAP@[.5:.95] / mAP@.5 | {row['map']:.4f} / {row['map50']:.4f} |
 | parameters | {row['parameters']} |
-
+| multiply-accumulates per image | {f"{row['macs'] / 1e6:.1f} M" if row.get('macs') else 'not counted'} |
+{f"| zeros among conv/linear weights | {row['sparsity']:.1%} (zipped size {row['zipped_mb']:.3f} MB; the dense file does not shrink) |" + chr(10) if row.get('sparsity') else ''}
 Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 {('Note: ' + lat['note']) if lat.get('note') else ''}
 
@@ -93,7 +94,8 @@ def publish(report: dict, job: dict) -> dict:
         lock = _lock(report, job, manifest, hashes, tmp / "model.onnx")
         write_json(tmp / "metrics.json", {"name": report["name"], "version": report["version"], "variant": name,
                                           **{k: row[k] for k in ("size_mb", "bytes", "latency_ms", "latency_p90_ms",
-                                                                 "map", "map50", "parameters", "checks", "latency")}})
+                                                                 "map", "map50", "parameters", "checks", "latency")},
+                                          "macs": row.get("macs"), "zipped_mb": row.get("zipped_mb")})
         write_json(tmp / "release.lock", lock)
         write_text(tmp / "MODEL_CARD.md", _card(report, lock))
     hashes.save()

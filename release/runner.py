@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,9 +51,14 @@ def run_stage(job: dict) -> None:
     module = stages.load(job["stage"])
     params = module.Params.model_validate(job["params_set"])
     started = time.perf_counter()
-    with atomic_dir(Path(job["out_dir"])) as tmp:
+    out_dir = Path(job["out_dir"])
+    # Outside the atomic folder, named by the fingerprint: survives an interrupt, so a training
+    # stage resumes; only the same stage instance (same fingerprint) ever reads it.
+    resume = out_dir.with_name(out_dir.name + ".resume")
+    with atomic_dir(out_dir) as tmp:
         ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],
-                           manifest=_manifest(job), log=_log, spec_produces=module.SPEC.produces)
+                           manifest=_manifest(job), log=_log, spec_produces=module.SPEC.produces,
+                           resume=resume / "state.pt", progress=_progress())
         try:
             facts = module.run(ctx)
         except ReleaseError:
@@ -67,6 +73,20 @@ def run_stage(job: dict) -> None:
             "fingerprint": job["fingerprint"], "input": job["input"], "params": job["params"],
             "tools": tool_versions(), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
         })
+    shutil.rmtree(resume, ignore_errors=True)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty() or bool(os.environ.get("RELEASE_PROGRESS"))
+
+
+@guarded
+def preflight(job: dict) -> None:
+    from release import preflight as checks
+
+    checked = checks.check(_manifest(job))
+    _log(f"check: {checked} stage(s) checked against the model: fine")
+    write_json(Path(job["out"]), {"checked": checked, "key": job["key"]})
 
 
 @guarded
@@ -88,7 +108,7 @@ def train_demo(job: dict) -> None:
     d, kwargs = job["demo"], job["model_kwargs"]
     summary = train.train(Path(job["data_dir"]), Path(job["checkpoint"]), image_size=d["image_size"],
                           steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
-                          progress=sys.stderr.isatty() or bool(os.environ.get("RELEASE_PROGRESS")),
+                          progress=_progress(),
                           **kwargs)
     _log(f"demo training: {summary}")
 
@@ -121,6 +141,11 @@ def measure_latency(job: dict) -> None:
     write_json(Path(job["out"]), result)
 
 
+def _last_fact(records: list[dict], key: str):
+    """A fact from the last stage that records it (export counts the MACs of what it exports)."""
+    return next((r["facts"][key] for r in reversed(records) if key in r.get("facts", {})), None)
+
+
 @guarded
 def gate(job: dict) -> None:
     from release import gate as gates
@@ -134,8 +159,9 @@ def gate(job: dict) -> None:
             "stages": [{"stage": r["stage"], "params": r["params"], "fingerprint": r["fingerprint"]} for r in records],
             "size_mb": size["size_mb"], "bytes": size["bytes"], "latency_ms": lat["p50_ms"],
             "latency_p90_ms": lat["p90_ms"], "latency": lat, "map": acc["map"], "map50": acc["map50"],
-            "parameters": next((r["facts"]["parameters"] for r in reversed(records)
-                                if "parameters" in r.get("facts", {})), None),
+            "zipped_mb": size.get("zipped_mb"),
+            "parameters": _last_fact(records, "parameters"), "macs": _last_fact(records, "macs"),
+            "sparsity": _last_fact(records, "sparsity"),
             "source_bytes": records[0]["facts"].get("bytes_before") if records else None,
             "stage_facts": {f"{i}.{r['stage']}": r["facts"] for i, r in enumerate(records)},
         }

@@ -47,6 +47,27 @@ def demo_tasks(plan: Plan):
                                               model_kwargs=plan.manifest.model.kwargs)])],
         "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.manifest.source.checkpoint]),
         "uptodate": [config_changed(plan.demo_fp["train"])], "clean": True, "verbosity": 2,
+        "task_dep": _check_dep(plan),
+    }
+
+
+def _check_dep(plan: Plan) -> list[str]:
+    return [f"check:{plan.manifest.name}"] if plan.preflight else []
+
+
+def check_tasks(plan: Plan):
+    """Stages that can check the manifest against the model (prune patterns, a student's outputs,
+    an adapter's loss) do so in one task that runs before the demo training and every stage."""
+    if not plan.preflight:
+        return
+    from release.fingerprint import digest
+
+    out = plan.release_dir / "check.json"
+    key = digest(sorted(n.fingerprint for n in plan.preflight))  # params, stage and model code
+    yield {
+        "name": plan.manifest.name, "doc": "check the manifest against the model before anything trains",
+        "actions": [(runner.preflight, [_job(plan, out=str(out), key=key)])],
+        "targets": _rel(plan, [out]), "uptodate": [config_changed(key)], "clean": True, "verbosity": 2,
     }
 
 
@@ -60,7 +81,8 @@ def stage_tasks(plan: Plan):
             "actions": [(runner.run_stage, [job])],
             "file_dep": _rel(plan, [node.input, *node.data_deps]),
             "targets": _rel(plan, [node.output, node.record]),
-            "clean": [_rmtree(node.out_dir)], "verbosity": 2,
+            "clean": [_rmtree(node.out_dir), _rmtree(node.out_dir.with_name(node.out_dir.name + ".resume"))],
+            "verbosity": 2, "task_dep": _check_dep(plan),
         }
 
 

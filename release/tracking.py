@@ -121,8 +121,9 @@ def variant_metrics(report: dict, name: str) -> dict[str, float]:
         metrics["map_delta_vs_fp32"] = row["map"] - report["variants"][base]["map"]
     if row.get("source_bytes"):
         metrics["compression_ratio"] = row["source_bytes"] / row["bytes"]
-    if row.get("parameters") is not None:
-        metrics["parameters"] = float(row["parameters"])
+    for key in ("parameters", "macs", "sparsity", "zipped_mb"):
+        if row.get(key) is not None:
+            metrics[key] = float(row[key])
     return metrics
 
 

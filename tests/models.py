@@ -45,3 +45,16 @@ def export_tiny_detector(path: Path, channels: tuple[int, int, int] = (32, 64, 6
         torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["scores", "boxes"])
     return path
+
+
+class NoLossAdapter:
+    """An adapter that can pre- and post-process but cannot train (no loss)."""
+
+    output_names = ["heatmap", "size", "offset"]
+
+    def __init__(self, input_shape=(1, 3, 64, 64)):
+        from release.demo.detector import Adapter
+
+        self._inner = Adapter(input_shape)
+        self.preprocess, self.postprocess = self._inner.preprocess, self._inner.postprocess
+        self.boxes_to_input = self._inner.boxes_to_input

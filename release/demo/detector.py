@@ -224,3 +224,28 @@ class Adapter:
             losses["aux"] = self.aux_weight * _focal(aux, aux_target)
         losses["loss"] = sum(losses.values())
         return losses
+
+    def distill_loss(self, student, teacher) -> dict:
+        """Match the teacher's heads: its heatmap as soft targets, its boxes where it sees objects.
+
+        The heatmap term is a binary cross-entropy against the teacher's scores, modulated like a
+        focal loss by the squared disagreement (the near-zero background would otherwise dominate)
+        and normalised by the number of cells the teacher scores >= 0.3, as the focal loss is by the
+        object count.
+        Size and offset are matched with L1, weighted by the teacher's peak class score per cell.
+        """
+        s_heat, s_size, s_off = student[:3]
+        t_heat, t_size, t_off = (t.detach() for t in teacher[:3])
+        p = s_heat.clamp(1e-4, 1 - 1e-4)
+        bce = -(t_heat * torch.log(p) + (1 - t_heat) * torch.log(1 - p))
+        peaks = (t_heat >= 0.3).sum().clamp(min=1)  # ~ the objects the teacher sees, as the focal loss counts
+        heat = (bce * (t_heat - p).detach().abs() ** 2).sum() / peaks
+        weight = t_heat.max(1, keepdim=True).values
+        norm = weight.sum().clamp(min=1e-4)
+        losses = {
+            "heatmap": heat,
+            "size": self.size_weight * ((s_size - t_size).abs() * weight).sum() / norm,
+            "offset": self.offset_weight * ((s_off - t_off).abs() * weight).sum() / norm,
+        }
+        losses["loss"] = sum(losses.values())
+        return losses

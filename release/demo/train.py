@@ -21,6 +21,7 @@ import torch
 from release.atomic import atomic_file
 from release.data import load_split
 from release.demo.detector import Adapter, build
+from release.training import ema_update, param_groups
 
 LIGHTNING_VERSION = "2.4.0"
 # Real checkpoints carry the training machine's paths; a fixed one keeps ours byte-identical for a
@@ -75,22 +76,6 @@ def _augment(x: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tupl
         x = x.transpose(0, 2, 1)
         b = b[:, [1, 0, 3, 2]]
     return x, b
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # No decay on BN and biases: shrinking them towards zero only fights the normalisation.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
-        if e.dtype.is_floating_point:
-            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
-        else:
-            e.copy_(m)
 
 
 def _plain(obj):
@@ -164,7 +149,7 @@ def train(data_dir: Path, out_ckpt: Path, *, num_classes: int = 3, width: float 
         ema = copy.deepcopy(model).eval()
         for p in ema.parameters():
             p.requires_grad_(False)
-        optimizer = torch.optim.AdamW(_param_groups(model, 0.01), lr=lr, foreach=True)
+        optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=lr, foreach=True)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15,
                                                         div_factor=20.0, final_div_factor=50.0)
         ema_decay = 0.99
@@ -194,7 +179,7 @@ def train(data_dir: Path, out_ckpt: Path, *, num_classes: int = 3, width: float 
             optimizer.step()
             scheduler.step()
             # Warm-up of the EMA decay: the early, random weights should not linger in the average.
-            _ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
             losses.append(float(loss["loss"].detach()))
             if bar is not None:
                 bar.update(1)

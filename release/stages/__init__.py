@@ -13,6 +13,9 @@ REGISTRY: dict[str, str] = {
     "export": "release.stages.export",
     "quantize": "release.stages.quantize",
     "fp16": "release.stages.fp16",
+    "prune": "release.stages.prune",
+    "finetune": "release.stages.finetune",
+    "distill": "release.stages.distill",
 }
 
 

@@ -4,12 +4,20 @@ A stage module defines
     SPEC   = StageSpec(name=..., version=..., consumes=..., produces=..., reads=(...))
     Params = a pydantic model (extra="forbid"); its fields, defaults and descriptions are the docs
     def run(ctx: StageContext) -> dict   # writes ctx.output, returns facts for stage.json
+and may define
+    def reads(params) -> tuple[str, ...]             # narrows SPEC.reads by the params
+    def code_refs(params) -> list[str]               # import paths whose code joins the fingerprint
+    def preflight(params, manifest, model) -> list[tuple[tuple, str]]
+        # (field path under the step, message) for each problem found against a freshly built model
+        # (pattern matching no layer, an adapter without a loss); run by the `check` task before
+        # any training, and by the stage itself before it starts.
 and imports nothing heavy at module level (torch, onnx, onnxruntime load inside `run`), because the
 registry imports stage modules to validate a manifest on every `doit` invocation.
 
 Artifact kinds:
     checkpoint  the user's source file (any format strip understands)
-    weights     a safetensors state dict for the manifest's model builder
+    weights     a safetensors state dict; its metadata names the builder and layer shapes when a
+                stage changed them (pruning, distillation), see release.model.save_weights
     onnx        a single-file ONNX model
 """
 
@@ -49,6 +57,8 @@ class StageSpec:
     checks: tuple[str, ...] = ()
     # Whether the model builder's and adapter's code joins the fingerprint.
     uses_model: bool = False
+    # Helper modules (beyond the stage's own) whose code decides what it writes, e.g. release.training.
+    code: tuple[str, ...] = ()
 
 
 @dataclass
@@ -65,6 +75,10 @@ class StageContext:
     sample_source: Callable[[str], Iterable[np.ndarray]] | None = None
     log: Callable[[str], None] = print
     spec_produces: str = "onnx"  # the stage's SPEC.produces: names the output file
+    # A file that survives an interrupted run of this stage instance (same fingerprint): training
+    # stages checkpoint into it and resume from it. None: no resuming (e.g. a unit test's context).
+    resume: Path | None = None
+    progress: bool = False  # show progress bars (a terminal, or RELEASE_PROGRESS set)
 
     @property
     def output(self) -> Path:

@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> dict:
     import torch
 
     from release.errors import ReleaseError
-    from release.model import load_adapter, load_weights
+    from release.model import complexity, load_adapter, load_weights
 
     started = time.perf_counter()
     spec = ctx.manifest.model
@@ -80,11 +80,12 @@ def run(ctx: StageContext) -> dict:
                            f"(export.parity_atol is {ctx.params.parity_atol:g}). The exported graph does not "
                            f"compute what the model does; check for data-dependent control flow in forward().")
     model_proto = onnx.load(str(ctx.output), load_external_data=False)
+    counted = complexity(model, spec.input_shape)
     ctx.log(f"export: opset {ctx.params.opset}, {len(model_proto.graph.node)} nodes, "
             f"parity max |diff| {worst:.1e} on {len(samples)} images")
     return {
         "opset": ctx.params.opset, "nodes": len(model_proto.graph.node), "parity_max_abs_diff": worst,
         "parity_samples": len(samples), "outputs": [o.name for o in model_proto.graph.output],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": counted["parameters"], "macs": counted["macs"],
         "bytes": ctx.output.stat().st_size, "seconds": round(time.perf_counter() - started, 3),
     }

@@ -27,11 +27,9 @@ class Params(StageParams):
 
 
 def run(ctx: StageContext) -> dict:
-    from safetensors.torch import save_file
-
     from release import checkpoint
     from release.errors import CheckpointError
-    from release.model import build_model
+    from release.model import build_model, write_weights
 
     started = time.perf_counter()
     source = ctx.manifest.source
@@ -55,7 +53,7 @@ def run(ctx: StageContext) -> dict:
         if ctx.params.dtype == "float16" and tensor.is_floating_point():
             tensor = tensor.half()
         out[key] = tensor
-    save_file(out, str(ctx.output), metadata={"format": "release-weights", "source_format": fmt})
+    write_weights(out, ctx.output, source_format=fmt)
 
     size_before, size_after = ctx.input.stat().st_size, ctx.output.stat().st_size
     params = sum(t.numel() for t in out.values() if t.is_floating_point())

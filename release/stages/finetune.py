@@ -1,0 +1,60 @@
+"""finetune: weights -> weights trained further with the adapter's loss on data.train.
+
+On CPU, deterministic for a seed, with a progress bar, and resumable: an interrupted run continues
+from its last checkpoint (see release/training.py). Usable alone or after `prune`; the zeros of a
+magnitude-pruned input stay zero. Records the loss curve and the parameter count and MACs before
+and after.
+"""
+
+from __future__ import annotations
+
+from release.stages.base import StageContext, StageSpec
+from release.training import TrainParams
+
+SPEC = StageSpec(
+    name="finetune", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
+    code=("release.training",),
+    summary="train further with the adapter's loss on data.train (after prune, or alone)",
+)
+
+
+class Params(TrainParams):
+    pass
+
+
+def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
+    from release.model import load_adapter
+
+    adapter = load_adapter(manifest.model)
+    if not callable(getattr(adapter, "loss", None)):
+        return [((), f"model.adapter {manifest.model.adapter} has no loss(outputs, targets) method, and "
+                      f"finetune trains with it. Add one (see release/adapter.py), or remove finetune.")]
+    return []
+
+
+def run(ctx: StageContext) -> dict:
+    from release.errors import ManifestError
+    from release.model import builder_of, complexity, load_adapter, load_weights, save_weights
+    from release.training import fit, load_train_set, sparsity
+
+    spec = ctx.manifest.model
+    model = load_weights(spec, ctx.input)
+    problems = preflight(ctx.params, ctx.manifest, model)
+    if problems:
+        raise ManifestError(f"{ctx.manifest.path}: " + "; ".join(m for _, m in problems))
+    before = complexity(model, spec.input_shape)
+    adapter = load_adapter(spec)
+    data = load_train_set(ctx.manifest.data.train, adapter)
+
+    def loss_fn(net, x, targets):
+        return adapter.loss(net(x), targets)
+
+    trained, facts = fit(model, data, ctx.params, loss_fn, resume=ctx.resume, label="finetune",
+                         progress=ctx.progress, log=ctx.log)
+    builder, kwargs = builder_of(spec, ctx.input)
+    save_weights(trained, ctx.output, builder=builder, kwargs=kwargs)
+    after = complexity(trained, spec.input_shape)
+    ctx.log(f"finetune: {facts['steps']} steps, loss {facts['loss_start']:.3f} -> {facts['loss_final']:.3f}, "
+            f"{facts['seconds_per_step']:.3f} s/step")
+    return {**facts, "before": before, "after": after, "parameters": after["parameters"], "macs": after["macs"],
+            **({"sparsity": sparsity(trained)["sparsity"]} if facts["kept_sparse"] else {})}

@@ -1,0 +1,256 @@
+"""CPU training for the stages that train (finetune, distill): data, schedule, EMA, resume.
+
+Determinism and resumption come from one idea: everything a step uses is a function of (seed, step).
+Step s takes the images at positions s*B .. s*B+B-1 of an endless stream of epoch-wise shuffles,
+each shuffle seeded by (seed, epoch), and flips them with a generator seeded by (seed, step); the
+learning rate is a function of s. So a resumed run needs only the model, EMA and optimizer state
+saved at its last checkpoint to continue exactly where the interrupted one was.
+
+Only pydantic is imported at module level: stage modules import TrainParams to validate manifests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from release.stages.base import StageParams
+
+RESUME_SCHEMA = 1
+
+
+class TrainParams(StageParams):
+    steps: int = Field(300, gt=0, description="optimizer steps")
+    lr: float = Field(2e-3, gt=0, lt=1, description="peak learning rate (AdamW)")
+    batch_size: int = Field(16, gt=0, le=1024)
+    seed: int = Field(0, ge=0, description="seeds the weights' noise, the data order and the flips")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="learning-rate decay after warm-up, to 1% of lr at the last step")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up from 5% of lr")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decay of conv/linear weights (not BN, biases)")
+    ema: float = Field(0.99, ge=0, lt=1, description="decay of the weights' moving average that is "
+                                                      "written out; 0 writes the last step's weights")
+    augment: bool = Field(True, description="random horizontal flips")
+    checkpoint_every: int = Field(50, gt=0, description="steps between resume checkpoints")
+
+
+@dataclass
+class TrainSet:
+    """A training split preprocessed once: inputs (N, C, H, W) float32, boxes in input pixels."""
+
+    inputs: Any
+    boxes: list
+    labels: list
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def load_train_set(ref, adapter, labels: bool = True) -> TrainSet:
+    """Read and preprocess every image of a split (threads: PNG decoding releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from release.data import load_split
+    from release.errors import DataError
+
+    split = load_split(ref.annotations, ref.images, ref.limit)
+    if not split.images:
+        raise DataError(f"{ref.annotations}: the training split has no images. Point data.train at a split "
+                        f"with images.")
+
+    def one(record):
+        x, meta = adapter.preprocess(split.read_image(record))
+        if not labels:
+            return x, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        b, lab = split.boxes(record)
+        return x, adapter.boxes_to_input(b, meta), lab
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        loaded = list(pool.map(one, split.images))
+    return TrainSet(np.stack([x for x, _, _ in loaded]).astype(np.float32), [b for _, b, _ in loaded],
+                    [lab for _, _, lab in loaded], ref.annotations)
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int):
+    """Indices of step `step`: positions s*B.. of epoch-wise shuffles seeded by (seed, epoch)."""
+    import numpy as np
+
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = np.divmod(positions, n)
+    perms = {e: np.random.default_rng([seed, int(e)]).permutation(n) for e in np.unique(epochs)}
+    return np.array([perms[e][o] for e, o in zip(epochs, offsets)])
+
+
+def make_batch(data: TrainSet, step: int, p: TrainParams):
+    """(inputs (B, C, H, W) float32, targets) of one step; flips are seeded by (seed, step)."""
+    import numpy as np
+
+    rng = np.random.default_rng([p.seed, step, 1])
+    xs, targets = [], []
+    for i in batch_indices(step, p.batch_size, len(data), p.seed):
+        x, b = data.inputs[i], np.array(data.boxes[i], np.float32).reshape(-1, 4)
+        if p.augment and rng.random() < 0.5:
+            x = x[:, :, ::-1]
+            b[:, 0] = x.shape[2] - b[:, 0] - b[:, 2]
+        xs.append(x)
+        targets.append({"boxes": b, "labels": data.labels[i]})
+    return np.ascontiguousarray(np.stack(xs)), targets
+
+
+def lr_at(step: int, p: TrainParams) -> float:
+    if step < p.warmup_steps:
+        return p.lr * (0.05 + 0.95 * step / p.warmup_steps)
+    if p.schedule == "constant":
+        return p.lr
+    t = (step - p.warmup_steps) / max(1, p.steps - 1 - p.warmup_steps)
+    t = min(max(t, 0.0), 1.0)
+    floor = 0.01
+    if p.schedule == "linear":
+        return p.lr * (1 - (1 - floor) * t)
+    return p.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """No decay on BN and biases: shrinking them towards zero only fights the normalisation."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+            else:
+                e.copy_(m)
+
+
+def sparsity_masks(model) -> dict:
+    """Masks of conv/linear weights that hold exact zeros (a magnitude-pruned input): training
+    keeps those zeros, so sparsity survives fine-tuning. A dense network has none."""
+    masks = {}
+    for name, p in model.named_parameters():
+        if p.ndim > 1 and bool((p == 0).any()):
+            masks[name] = p.detach() != 0
+    return masks
+
+
+def sparsity(model) -> dict:
+    """Zeros among conv/linear weights (what magnitude pruning sets)."""
+    total = zeros = 0
+    for p in model.parameters():
+        if p.ndim > 1:
+            total += p.numel()
+            zeros += int((p == 0).sum())
+    return {"weights": total, "zeros": zeros, "sparsity": round(zeros / total, 6) if total else 0.0}
+
+
+def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Path | None = None,
+        label: str = "train", progress: bool = False, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+    """Train `model` for p.steps; returns (the model to write: EMA or last, facts).
+
+    loss_fn(model, x, targets) -> dict with a 'loss' tensor (and any named parts, logged).
+    `resume`: a file where the state is checkpointed every p.checkpoint_every steps; when it holds
+    a checkpoint, training continues from it, and it is removed once training completes.
+    """
+    import copy
+
+    import numpy as np
+    import torch
+
+    from release.atomic import atomic_file
+
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        torch.manual_seed(p.seed)
+        # channels_last: oneDNN's convolutions run ~1.3x faster on CPU in NHWC.
+        model = model.to(memory_format=torch.channels_last).train()
+        masks = sparsity_masks(model)
+        ema = copy.deepcopy(model).eval() if p.ema > 0 else None
+        if ema is not None:
+            for q in ema.parameters():
+                q.requires_grad_(False)
+        optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, foreach=True)
+        start, losses = 0, []
+        if resume is not None and resume.is_file():
+            state = torch.load(resume, map_location="cpu", weights_only=True)
+            if state.get("schema") == RESUME_SCHEMA and state.get("steps") == p.steps:
+                model.load_state_dict(state["model"])
+                if ema is not None:
+                    ema.load_state_dict(state["ema"])
+                optimizer.load_state_dict(state["optimizer"])
+                torch.set_rng_state(state["rng"])
+                start, losses = state["step"], list(state["losses"])
+                log(f"{label}: resuming at step {start} of {p.steps} from {resume}")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.steps, initial=start, desc=label, unit="step", dynamic_ncols=True)
+        named = dict(model.named_parameters())
+        parts: dict[str, list[float]] = {}
+        for step in range(start, p.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, p)
+            x, targets = make_batch(data, step, p)
+            x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model, x, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss["loss"].backward()
+            optimizer.step()
+            if masks:
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        named[name].mul_(mask)
+            if ema is not None:
+                # Warm-up of the decay: the first steps' weights should not linger in the average.
+                ema_update(ema, model, min(p.ema, (1 + step) / (10 + step)))
+            losses.append(float(loss["loss"].detach()))
+            for key, value in loss.items():
+                if key != "loss":
+                    parts.setdefault(key, []).append(float(value.detach()))
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0 or step == p.steps - 1:
+                    bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", lr=f"{lr_at(step, p):.2e}")
+            done = step + 1
+            if resume is not None and done % p.checkpoint_every == 0 and done < p.steps:
+                resume.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(resume) as handle:
+                    torch.save({"schema": RESUME_SCHEMA, "steps": p.steps, "step": done,
+                                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                                "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                "losses": losses}, handle)
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(previous_threads)
+    out = (ema if ema is not None else model).eval()
+    window = max(1, min(20, len(losses) // 4))  # single-batch losses are noisy: means over a window
+    curve_at = sorted({int(i) for i in np.linspace(0, len(losses) - 1, num=min(len(losses), 20))})
+    facts = {
+        "steps": p.steps, "resumed_from": start, "images": len(data),
+        "loss_start": float(np.mean(losses[:window])), "loss_final": float(np.mean(losses[-window:])),
+        "loss_curve": [[i, round(float(np.mean(losses[max(0, i - window + 1): i + 1])), 5)] for i in curve_at],
+        "loss_parts_final": {k: float(np.mean(v[-window:])) for k, v in parts.items()},
+        "seconds_per_step": round((time.perf_counter() - started) / max(1, p.steps - start), 4),
+        "kept_sparse": len(masks),
+    }
+    if resume is not None and resume.is_file():
+        resume.unlink()
+    return out, facts

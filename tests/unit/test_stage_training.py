@@ -1,0 +1,120 @@
+"""finetune and distill on a tiny shapes project: real training on CPU, seconds per case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from release import preflight, training
+from release.errors import ManifestError
+from release.fingerprint import file_sha256
+from release.manifest import load as load_manifest
+from release.model import load_adapter, load_weights
+from release.stages import finetune, prune
+from release.stages.base import StageContext
+from tests.conftest import tiny_manifest_dict, write_manifest
+
+
+def _run(module, project, inp, out, resume=None, **params):
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(input=inp, out_dir=out, params=module.Params.model_validate(params), manifest=project.manifest,
+                       log=lambda m: None, spec_produces=module.SPEC.produces, resume=resume)
+    return module.run(ctx), ctx.output
+
+
+def _train_loss(project, weights, n=32) -> float:
+    """The adapter's loss on the first n training images, in eval mode (no update, no noise)."""
+    model = load_weights(project.manifest.model, weights).eval()
+    adapter = load_adapter(project.manifest.model)
+    data = training.load_train_set(project.manifest.data.train, adapter)
+    x = torch.from_numpy(data.inputs[:n])
+    with torch.no_grad():
+        return float(adapter.loss(model(x), [{"boxes": b, "labels": lab} for b, lab in
+                                              zip(data.boxes[:n], data.labels[:n])])["loss"])
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_project, tmp_path_factory):
+    _, out = _run(prune, tiny_project, tiny_project.teacher, tmp_path_factory.mktemp("pruned"),
+                  method="channel", amount=0.5)
+    return out
+
+
+def test_finetune_lowers_the_training_loss(tiny_project, pruned, tmp_path):
+    facts, tuned = _run(finetune, tiny_project, pruned, tmp_path, steps=40, lr=3e-3, warmup_steps=5)
+    assert facts["loss_final"] < facts["loss_start"]
+    before, after = _train_loss(tiny_project, pruned), _train_loss(tiny_project, tuned)
+    assert after < 0.8 * before, (before, after)
+    assert facts["before"]["macs"] == facts["after"]["macs"] < 0.5 * _macs(tiny_project)
+
+
+def _macs(project) -> int:
+    from release.model import complexity
+
+    return complexity(load_weights(project.manifest.model, project.teacher), project.manifest.model.input_shape)["macs"]
+
+
+def test_finetune_is_deterministic_for_a_seed(tiny_project, pruned, tmp_path):
+    _, a = _run(finetune, tiny_project, pruned, tmp_path / "a", steps=6, warmup_steps=2)
+    _, b = _run(finetune, tiny_project, pruned, tmp_path / "b", steps=6, warmup_steps=2)
+    _, c = _run(finetune, tiny_project, pruned, tmp_path / "c", steps=6, warmup_steps=2, seed=1)
+    assert file_sha256(a) == file_sha256(b)
+    assert file_sha256(a) != file_sha256(c)
+
+
+def test_interrupted_finetune_resumes_where_it_stopped(tiny_project, pruned, tmp_path, monkeypatch):
+    params = {"steps": 12, "checkpoint_every": 5, "warmup_steps": 3}
+    _, whole = _run(finetune, tiny_project, pruned, tmp_path / "whole", **params)
+
+    resume = tmp_path / "resume" / "state.pt"
+    real_batch = training.make_batch
+
+    def interrupted(data, step, p):  # Ctrl-C arrives during step 8
+        if step == 8:
+            raise KeyboardInterrupt
+        return real_batch(data, step, p)
+
+    monkeypatch.setattr(training, "make_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(finetune, tiny_project, pruned, tmp_path / "first", resume=resume, **params)
+    assert resume.is_file()  # the checkpoint of step 5
+    monkeypatch.setattr(training, "make_batch", real_batch)
+    facts, resumed = _run(finetune, tiny_project, pruned, tmp_path / "second", resume=resume, **params)
+    assert facts["resumed_from"] == 5
+    assert file_sha256(resumed) == file_sha256(whole)  # exactly the uninterrupted result
+    assert not resume.exists()  # removed once training completed
+
+
+def test_finetune_keeps_magnitude_pruned_zeros(tiny_project, tmp_path):
+    pfacts, sparse = _run(prune, tiny_project, tiny_project.teacher, tmp_path / "p", method="magnitude", amount=0.5)
+    facts, tuned = _run(finetune, tiny_project, sparse, tmp_path / "f", steps=5, warmup_steps=1)
+    assert facts["kept_sparse"] > 0
+    assert facts["sparsity"] == pytest.approx(pfacts["sparsity"], abs=1e-6)
+    assert training.sparsity(load_weights(tiny_project.manifest.model, tuned))["sparsity"] == pfacts["sparsity"]
+
+
+def test_adapter_without_a_loss_fails_the_check(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["model"]["adapter"] = "tests.models:NoLossAdapter"
+    doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 10}}, "export"]}
+    manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
+    with pytest.raises(ManifestError) as err:
+        preflight.check(manifest)
+    text = str(err.value)
+    assert "tiny.yaml" in text and "variants.tuned[1].finetune" in text and "has no loss" in text
+
+
+def test_schedules_warm_up_and_decay():
+    p = finetune.Params(steps=100, lr=1e-2, warmup_steps=10)
+    lrs = [training.lr_at(s, p) for s in range(100)]
+    assert lrs[0] == pytest.approx(5e-4) and max(lrs) == pytest.approx(1e-2, rel=0.01)
+    assert lrs[-1] == pytest.approx(1e-4) and all(np.diff(lrs[10:]) <= 0)
+    flat = finetune.Params(steps=100, lr=1e-2, warmup_steps=0, schedule="constant")
+    assert {training.lr_at(s, flat) for s in range(100)} == {1e-2}
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    seen = np.concatenate([training.batch_indices(s, 8, 40, seed=3) for s in range(5)])
+    assert sorted(seen) == list(range(40))
+    assert not np.array_equal(seen, np.concatenate([training.batch_indices(s, 8, 40, seed=4) for s in range(5)]))
