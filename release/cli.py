@@ -1,4 +1,4 @@
-"""`release` command line: checks that need no build (validate a manifest, show its plan)."""
+"""`release` command line: checks that need no build (validate a manifest against its model, show its plan)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from release.errors import ReleaseError
 
 
 def _validate(args) -> int:
-    from release import graph, manifest
+    from release import graph, manifest, preflight
 
     root = Path(args.root)
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
     plan = graph.build(loaded, root)
+    if plan.preflight:
+        preflight.check(loaded)  # prune patterns, a student's outputs, an adapter's loss: needs the model
     print(f"{loaded.path}: valid (schema {loaded.schema_version}); {len(loaded.pipelines)} variants, "
           f"{len(plan.nodes)} stage tasks after sharing equal prefixes")
     for variant, chain in plan.chains.items():

@@ -61,6 +61,26 @@ def tiny_built(tmp_path_factory) -> Path:
     return root
 
 
+def kill_build_when(folder: Path, ready, timeout: float = 60, poll: float = 0.005, grace: float = 0.0) -> bool:
+    """Start `doit release manifest=tiny.yaml` in `folder` and SIGKILL its whole process group as soon
+    as `ready()` is true (after `grace` seconds more). False when the build ended first."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "doit", "-f", str(DODO), "-d", str(folder), "release", "manifest=tiny.yaml"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, caught = time.monotonic() + timeout, False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            time.sleep(grace)
+            os.killpg(proc.pid, signal.SIGKILL)
+            caught = True
+            break
+        time.sleep(poll)
+    proc.wait()
+    return caught
+
+
 def copy_project(src: Path, dst: Path) -> Path:
     """A copy of a built project: task paths are root-relative, so everything stays up to date."""
     import shutil

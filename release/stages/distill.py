@@ -10,7 +10,7 @@ else a mean squared error per output; plus the ground-truth loss where labels ex
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,7 +20,7 @@ from release.training import TrainParams
 
 SPEC = StageSpec(
     name="distill", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
-    code=("release.training",),
+    code=("release.training", "release.stages.prune"),
     summary="train a smaller student against the teacher's head outputs (+ ground truth)",
 )
 
@@ -36,6 +36,10 @@ class Params(TrainParams):
     steps: int = Field(1000, gt=0, description="optimizer steps")
     lr: float = Field(1e-2, gt=0, lt=1, description="peak learning rate (AdamW); a student starts from scratch")
     warmup_steps: int = Field(100, ge=0, description="linear warm-up from 5% of lr")
+    init: Literal["random", "teacher"] = Field(
+        "random", description="the student's starting weights: random, or the teacher's narrowed to the "
+                              "student's widths (most important channels kept; needs a student that is a "
+                              "narrower copy of the teacher, e.g. the same builder at a smaller width)")
     labels: bool = Field(True, description="add the ground-truth loss (false: images only, no annotations read)")
     distill_weight: float = Field(1.0, ge=0, description="weight of the teacher-matching loss (0: no teacher)")
     gt_weight: float = Field(1.0, ge=0, description="weight of the ground-truth loss (with labels)")
@@ -90,6 +94,15 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
         problems.append((("student",), f"the student's outputs {s_shapes} do not match the teacher's {t_shapes}; "
                                        f"distillation compares them one to one. Give the student the teacher's "
                                        f"heads (same number of classes and output strides)."))
+    if not problems and params.init == "teacher":
+        import copy
+
+        from release.stages.prune import narrow_like
+
+        try:
+            narrow_like(copy.deepcopy(model), student, manifest.model.input_shape)
+        except ReleaseError as exc:
+            problems.append((("init",), f"init: teacher: {exc}. Use init: random for this student."))
     adapter = load_adapter(manifest.model)
     if params.labels and params.gt_weight > 0 and not callable(getattr(adapter, "loss", None)):
         problems.append((("labels",), f"model.adapter {manifest.model.adapter} has no loss(outputs, targets) for "
@@ -118,13 +131,22 @@ def run(ctx: StageContext) -> dict:
         raise ManifestError(f"{ctx.manifest.path}: distill: " + "; ".join(m for _, m in problems))
     for q in teacher.parameters():
         q.requires_grad_(False)
-    teacher = teacher.to(memory_format=torch.channels_last)
     adapter = load_adapter(spec)
     kd = getattr(adapter, "distill_loss", None) or _mse
     use_labels = p.labels and p.gt_weight > 0
     data = load_train_set(ctx.manifest.data.train, adapter, labels=use_labels)
     torch.manual_seed(p.seed)  # the student's initial weights
     student = build_student(p, ctx.manifest)
+    if p.init == "teacher":
+        import copy
+
+        from release.stages.prune import narrow_like
+
+        start = copy.deepcopy(teacher).to(memory_format=torch.contiguous_format)
+        narrow_like(start, student, spec.input_shape)
+        student.load_state_dict(start.state_dict())
+        del start
+    teacher = teacher.to(memory_format=torch.channels_last)
 
     def loss_fn(net, x, targets):
         outputs = net(x)
@@ -147,4 +169,4 @@ def run(ctx: StageContext) -> dict:
             f"{facts['loss_final']:.3f}")
     return {**facts, "teacher": before, "before": before, "after": after, "parameters": after["parameters"],
             "macs": after["macs"], "loss": "adapter.distill_loss" if kd is not _mse else "mse per output",
-            "labels": use_labels}
+            "labels": use_labels, "init": p.init}

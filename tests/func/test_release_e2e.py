@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DODO, copy_project, executed, run_doit, tiny_manifest_dict, write_manifest
+from tests.conftest import DODO, copy_project, executed, kill_build_when, run_doit, tiny_manifest_dict, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -135,17 +132,8 @@ def test_interrupted_build_resumes(tmp_path):
     doc = tiny_manifest_dict()
     doc["demo"]["train_images"] = 600  # long enough to be caught mid-write
     write_manifest(tmp_path, doc)
-    cmd = [sys.executable, "-m", "doit", "-f", str(DODO), "-d", str(tmp_path), "release", "manifest=tiny.yaml"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     demo = tmp_path / "artifacts" / "demo"
-    deadline, caught = time.monotonic() + 60, False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if demo.is_dir() and any(".tmp-" in p.name for p in demo.iterdir()):
-            os.killpg(proc.pid, signal.SIGKILL)
-            caught = True
-            break
-        time.sleep(0.005)
-    proc.wait()
+    caught = kill_build_when(tmp_path, lambda: demo.is_dir() and any(".tmp-" in p.name for p in demo.iterdir()))
     assert caught, "the build was not caught mid-write"
     assert not (demo / "data" / "train" / "annotations.json").exists()  # nothing half-written in place
     done = run_doit(tmp_path, "release", "manifest=tiny.yaml")

@@ -11,7 +11,7 @@ from release.errors import ManifestError
 from release.fingerprint import file_sha256
 from release.manifest import load as load_manifest
 from release.model import load_adapter, load_weights
-from release.stages import finetune, prune
+from release.stages import distill, finetune, prune
 from release.stages.base import StageContext
 from tests.conftest import tiny_manifest_dict, write_manifest
 
@@ -118,3 +118,42 @@ def test_batches_cover_every_image_once_per_epoch():
     seen = np.concatenate([training.batch_indices(s, 8, 40, seed=3) for s in range(5)])
     assert sorted(seen) == list(range(40))
     assert not np.array_equal(seen, np.concatenate([training.batch_indices(s, 8, 40, seed=4) for s in range(5)]))
+
+
+def _map(project, weights, out) -> float:
+    from release.measure import accuracy
+    from release.stages import export
+
+    _, onnx_path = _run(export, project, weights, out)
+    return accuracy.evaluate(onnx_path, project.manifest.model, project.manifest.data.eval)["map"]
+
+
+def test_distillation_beats_the_same_student_without_a_teacher(tiny_project, tmp_path):
+    """The same student (here at the teacher's width, on 64-pixel images), the same seed, steps and
+    data; one also matches the teacher's heads. Measured when written: mAP 0.076 vs 0.057."""
+    student = {"student": {"kwargs": {"num_classes": 3, "width": 0.5}}, "steps": 150, "batch_size": 16}
+    facts, taught = _run(distill, tiny_project, tiny_project.teacher, tmp_path / "kd", **student)
+    _, alone = _run(distill, tiny_project, tiny_project.teacher, tmp_path / "alone", distill_weight=0.0, **student)
+    with_teacher, without = _map(tiny_project, taught, tmp_path / "e1"), _map(tiny_project, alone, tmp_path / "e2")
+    assert with_teacher > without + 0.005, (with_teacher, without)
+    assert facts["loss"] == "adapter.distill_loss" and facts["labels"]
+    assert set(facts["loss_parts_final"]) >= {"kd_heatmap", "kd_size", "gt_heatmap"}
+
+
+def test_distill_from_images_only_and_from_the_teacher_weights(tiny_project, tmp_path):
+    params = {"student": {"kwargs": {"num_classes": 3, "width": 0.25}}, "steps": 20, "batch_size": 8,
+              "labels": False, "init": "teacher", "warmup_steps": 2, "lr": 1e-3}
+    facts, out = _run(distill, tiny_project, tiny_project.teacher, tmp_path, **params)
+    assert not facts["labels"] and not any(k.startswith("gt_") for k in facts["loss_parts_final"])
+    assert facts["after"]["macs"] < 0.5 * facts["before"]["macs"]
+    # Narrowed from the teacher, the student starts close to it: far better than from noise.
+    _, noise = _run(distill, tiny_project, tiny_project.teacher, tmp_path / "noise", **{**params, "init": "random"})
+    assert _map(tiny_project, out, tmp_path / "e1") > _map(tiny_project, noise, tmp_path / "e2")
+    from release.model import weights_metadata
+
+    assert weights_metadata(out)["kwargs"] == {"num_classes": 3, "width": 0.25}
+
+
+def test_distill_params_need_something_to_learn_from():
+    with pytest.raises(Exception, match="nothing to learn from"):
+        distill.Params(student={"kwargs": {}}, distill_weight=0, labels=False)
