@@ -81,6 +81,29 @@ def _fail(path: Path, what: str, fix: str) -> DataError:
     return DataError(f"{path}: {what}. {fix}")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def open_split(ref) -> CocoSplit:
+    """A manifest's DataRef: a COCO split, or (no annotations) just the images of a folder."""
+    if ref.annotations is None:
+        return image_folder(ref.images, ref.limit)
+    return load_split(ref.annotations, ref.images, ref.limit)
+
+
+def image_folder(images: Path, limit: int | None = None) -> CocoSplit:
+    """The images of a folder (sorted by name; no labels) for what needs only images: calibration,
+    distillation with `labels: false`. Width and height are read when an image is."""
+    images = Path(images)
+    if not images.is_dir():
+        raise _fail(images, "image folder not found", "Check data.<split>.images in the manifest.")
+    files = sorted(f.name for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise _fail(images, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder",
+                    "Point data.<split>.images at a folder of images.")
+    return CocoSplit(images, images, [ImageRecord(i + 1, f, 0, 0) for i, f in enumerate(files)], [])
+
+
 def load_split(annotations: Path, images: Path, limit: int | None = None) -> CocoSplit:
     """Read and check one COCO split; `limit` keeps the first N images by id."""
     annotations, images = Path(annotations), Path(images)

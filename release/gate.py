@@ -13,6 +13,9 @@ CHECKS = (  # budget field, figure in the row, direction, label, unit
 )
 
 
+SPARSE = 0.05  # a share of zero weights worth a note (trained dense weights have next to none)
+
+
 def judge(row: dict, budget: dict) -> list[dict]:
     """The checks of one variant: value, limit, margin (positive = headroom) and pass."""
     checks = []
@@ -67,10 +70,10 @@ def table(report: dict) -> str:
     if latency:
         notes.append(latency)
     for name, row in report["variants"].items():
-        if row.get("sparsity"):
+        if (row.get("sparsity") or 0) >= SPARSE:
+            zipped = f"; zipped it is {row['zipped_mb']:.3f} MB" if row.get("zipped_mb") is not None else ""
             notes.append(f"{name}: {row['sparsity']:.0%} of its conv/linear weights are zero, but a dense ONNX "
-                         f"file does not shrink from sparsity alone ({row['size_mb']:.3f} MB); zipped it is "
-                         f"{row['zipped_mb']:.3f} MB")
+                         f"file does not shrink from sparsity alone ({row['size_mb']:.3f} MB){zipped}")
     if report.get("selected"):
         notes.append(f"* released: {report['selected']} (select: {report['select']})")
     else:

@@ -17,7 +17,7 @@ from release.model import module_file
 from release.stages.base import OUTPUT_FILE
 
 SPLITS = ("train", "calibration", "eval")
-DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train", "release.training")
+DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train", "release.optim")
 # Shared code that decides what a stage writes (checkpoint reading, model building, data order):
 # a fix in any of these must rebuild, like a fix in the stage's own module.
 FRAMEWORK_MODULES = ("release.checkpoint", "release.model", "release.data", "release.stages.base")
@@ -84,7 +84,7 @@ class Plan:
         return self.artifacts / "measure" / short(node.fingerprint)
 
     def size_file(self, node: StageNode) -> Path:
-        return self.measure_dir(node) / "size.json"
+        return self.measure_dir(node) / f"size-{short(code_hash(('release.measure.size',)))}.json"
 
     def map_file(self, node: StageNode) -> Path:
         return self.measure_dir(node) / f"map-{short(self.map_key(node))}.json"
@@ -131,7 +131,9 @@ def build(manifest: Manifest, root: Path) -> Plan:
         ref = getattr(manifest.data, split)
         if manifest.demo:
             data_fp[split] = digest(demo_fp["data"], split, ref.limit)
-        elif ref.annotations.is_file() and ref.images.is_dir():
+        elif ref.annotations is None and ref.images.is_dir():
+            data_fp[split] = digest(hashes.folder(ref.images), ref.limit)
+        elif ref.annotations is not None and ref.annotations.is_file() and ref.images.is_dir():
             data_fp[split] = digest(hashes.file(ref.annotations), hashes.folder(ref.images), ref.limit)
         else:
             data_fp[split] = "missing"  # the stage reading it reports the missing file, with the fix
@@ -172,7 +174,7 @@ def build(manifest: Manifest, root: Path) -> Plan:
                 # Data a stage only checks against joins file_dep just where the build generates it
                 # (for ordering); editing it must not re-run the stage, whose output it cannot change.
                 checked = sspec.checks if manifest.demo else ()
-                deps = sorted({getattr(manifest.data, s).annotations for s in reads + checked})
+                deps = sorted({getattr(manifest.data, s).annotations for s in reads + checked} - {None})
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp, current,
                                       artifacts / "stages" / name / short(fp), sspec.produces, deps)
             node = nodes[fp]

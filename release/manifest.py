@@ -26,7 +26,9 @@ class Strict(BaseModel):
 
 
 class DataRef(Strict):
-    annotations: Path = Field(description="COCO-format annotations json")
+    annotations: Path | None = Field(None, description="COCO-format annotations json; may be left out of a "
+                                                       "split only images are read from (calibration, "
+                                                       "distill with labels: false)")
     images: Path = Field(description="folder holding the images the json names")
     limit: int | None = Field(None, gt=0, description="use only the first N images by id")
 
@@ -35,6 +37,13 @@ class Data(Strict):
     train: DataRef | None = Field(None, description="training split (fine-tuning, distillation)")
     calibration: DataRef | None = Field(None, description="calibration split for static quantization")
     eval: DataRef = Field(description="evaluation split: every variant's mAP is measured on it")
+
+    @field_validator("eval")
+    @classmethod
+    def _labelled(cls, v: DataRef) -> DataRef:
+        if v.annotations is None:
+            raise ValueError("mAP needs labels: give data.eval its annotations")
+        return v
 
 
 class Source(Strict):
@@ -286,10 +295,16 @@ def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str,
 def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
     for variant, pipeline in manifest.pipelines.items():
         for i, (name, params) in enumerate(pipeline):
-            for split in stages.reads(stages.load(name), params):
-                if getattr(manifest.data, split) is None:
+            module = stages.load(name)
+            for split in stages.reads(module, params):
+                ref = getattr(manifest.data, split)
+                if ref is None:
                     problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
                                                            f"which the manifest does not define. Add data.{split}.")
+                elif ref.annotations is None and getattr(module, "needs_labels", lambda _: True)(params):
+                    problems.add(("variants", variant, i), f"stage '{name}' trains on the labels of data.{split}, "
+                                                           f"which has no annotations. Add data.{split}.annotations"
+                                                           f"{' (or set labels: false)' if name == 'distill' else ''}.")
     demo = manifest.demo
     if demo is not None:
         for split in ("train", "calibration", "eval"):

@@ -68,15 +68,15 @@ def save_weights(model, path: Path, *, builder: str | None = None, kwargs: dict 
 
     Structured pruning shrinks layers and distillation trains a different network, so the weights
     alone no longer fit `model.builder(**model.kwargs)`. The metadata records the builder and kwargs
-    when they differ from the manifest's, and every layer shape that differs from a fresh build, so
-    `load_weights` rebuilds exactly this network (the same idea as torch-pruning's state_dict, kept
-    in the safetensors header instead of a pickle).
+    (when given), every layer shape that differs from a fresh build, and any `meta` facts (e.g.
+    sparse=True), so `load_weights` rebuilds exactly this network (the same idea as
+    torch-pruning's state_dict, kept in the safetensors header instead of a pickle).
     """
     metadata: dict = dict(meta)
     if builder is not None:
         metadata["builder"], metadata["kwargs"] = builder, kwargs or {}
-        fresh = import_object(builder, "builder")(**(kwargs or {}))
-        changed = {n: a for n, a in architecture(model).items() if architecture(fresh).get(n) != a}
+        fresh = architecture(import_object(builder, "builder")(**(kwargs or {})))
+        changed = {n: a for n, a in architecture(model).items() if fresh.get(n) != a}
         if changed:
             metadata["shapes"] = changed
     write_weights({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path, **metadata)
@@ -169,6 +169,16 @@ def complexity(model, input_shape) -> dict:
     return {"parameters": int(params), "macs": int(macs)}
 
 
+def sparsity(model) -> dict:
+    """Zeros among conv/linear weights (what magnitude pruning sets)."""
+    total = zeros = 0
+    for p in model.parameters():
+        if p.ndim > 1:
+            total += p.numel()
+            zeros += int((p == 0).sum())
+    return {"weights": total, "zeros": zeros, "sparsity": round(zeros / total, 6) if total else 0.0}
+
+
 def output_layers(model, input_shape) -> list[str]:
     """Names of the last Conv/Linear layers before each model output (a detector's head outputs).
 
@@ -177,14 +187,21 @@ def output_layers(model, input_shape) -> list[str]:
     tracing the Python code.
     """
     import torch
+    from torch.utils._pytree import tree_leaves
 
     by_param = {id(p): name.rsplit(".", 1)[0] for name, p in model.named_parameters() if name.endswith("weight")}
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # a frozen head is still a head: the walk needs every weight in the graph
+        p.requires_grad_(True)
     model.eval()
-    with torch.enable_grad():
-        outputs = model(torch.zeros(tuple(input_shape)))
-    model.train(was_training)
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    try:
+        with torch.enable_grad():
+            outputs = tree_leaves(model(torch.zeros(tuple(input_shape))))  # tuples, dicts, nested
+    finally:
+        model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)
     found: list[str] = []
     seen: set = set()
     stack = [o.grad_fn for o in outputs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
@@ -215,10 +232,9 @@ def sample_inputs(manifest, split: str, limit: int | None = None):
 
     import numpy as np
 
-    from release.data import load_split
+    from release.data import open_split
 
-    ref = getattr(manifest.data, split)
-    data = load_split(ref.annotations, ref.images, ref.limit)
+    data = open_split(getattr(manifest.data, split))
     adapter = load_adapter(manifest.model)
     for record in itertools.islice(data.images, limit):
         x, _ = adapter.preprocess(data.read_image(record))

@@ -17,30 +17,42 @@ from release.manifest import Manifest, raise_problems
 def check(manifest: Manifest) -> int:
     """Raise ManifestError listing every problem found (with manifest lines); else the steps checked."""
     from release.errors import ReleaseError
-    from release.model import build_model
 
     found: list[tuple[tuple, str]] = []
     checked, seen = 0, set()
-    model = None
+    base = None
     for variant, pipeline in manifest.pipelines.items():
+        model = None  # what the current step receives: the manifest's model, or a student after distill
         for i, (name, params) in enumerate(pipeline):
             module = stages.load(name)
             if not hasattr(module, "preflight"):
                 continue
-            if model is None:
+            if base is None:
+                base = _build(manifest)
+            model = model if model is not None else base
+            key = repr([(n, p.model_dump_json()) for n, p in pipeline[: i + 1]])
+            loc = ("variants", variant, i, name)
+            if key not in seen:  # a prefix shared by several variants is reported once
+                seen.add(key)
+                checked += 1
+                found.extend(((*loc, *where), message) for where, message in module.preflight(params, manifest, model))
+            if name == "distill":
                 try:
-                    model = build_model(manifest.model)
-                except ReleaseError as exc:
-                    raise_problems(manifest, [(("model", "builder"), str(exc))])
-                except Exception as exc:  # noqa: BLE001 - the user's builder failed; say where
-                    raise_problems(manifest, [(("model", "kwargs"), f"model.builder({manifest.model.kwargs}) "
-                                                                    f"failed: {type(exc).__name__}: {exc}")])
-            key = (name, params.model_dump_json())
-            if key in seen:  # a prefix shared by several variants: reported once
-                continue
-            seen.add(key)
-            checked += 1
-            for loc, message in module.preflight(params, manifest, model):
-                found.append((("variants", variant, i, name, *loc), message))
+                    model = module.build_student(params, manifest)
+                except ReleaseError:
+                    break  # reported by distill's own preflight
     raise_problems(manifest, found)
     return checked
+
+
+def _build(manifest: Manifest):
+    from release.errors import ReleaseError
+    from release.model import build_model
+
+    try:
+        return build_model(manifest.model)
+    except ReleaseError as exc:
+        raise_problems(manifest, [(("model", "builder"), str(exc))])
+    except Exception as exc:  # noqa: BLE001 - the user's builder failed; say where
+        raise_problems(manifest, [(("model", "kwargs"), f"model.builder({manifest.model.kwargs}) failed: "
+                                                        f"{type(exc).__name__}: {exc}")])

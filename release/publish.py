@@ -23,8 +23,10 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
     for split in ("train", "calibration", "eval"):
         ref = getattr(manifest.data, split)
         if ref is not None:
-            data[split] = {"annotations": relative(ref.annotations, Path(job["root"])),
-                           "annotations_sha256": hashes.file(ref.annotations),
+            labelled = ref.annotations is not None
+            data[split] = {"annotations": relative(ref.annotations, Path(job["root"])) if labelled else None,
+                           "annotations_sha256": hashes.file(ref.annotations) if labelled else None,
+                           "images": relative(ref.images, Path(job["root"])),
                            "images_sha256": hashes.folder(ref.images), "limit": ref.limit}
     source = manifest.source
     return {
@@ -37,6 +39,16 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
         "data": data,
         "tools": {**tool_versions(("torch", "onnx", "onnxruntime", "pycocotools")), "release": __version__},
     }
+
+
+def _sparsity_row(row: dict) -> str:
+    from release.gate import SPARSE
+
+    if (row.get("sparsity") or 0) < SPARSE:
+        return ""
+    zipped = f"zipped {row['zipped_mb']:.3f} MB; " if row.get("zipped_mb") is not None else ""
+    return (f"| zeros among conv/linear weights | {row['sparsity']:.1%} ({zipped}the dense file does not "
+            f"shrink from sparsity alone) |\n")
 
 
 def _card(report: dict, lock: dict) -> str:
@@ -62,7 +74,7 @@ Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
 | COCO mAP@[.5:.95] / mAP@.5 | {row['map']:.4f} / {row['map50']:.4f} |
 | parameters | {row['parameters']} |
 | multiply-accumulates per image | {f"{row['macs'] / 1e6:.1f} M" if row.get('macs') else 'not counted'} |
-{f"| zeros among conv/linear weights | {row['sparsity']:.1%} (zipped size {row['zipped_mb']:.3f} MB; the dense file does not shrink) |" + chr(10) if row.get('sparsity') else ''}
+{_sparsity_row(row)}
 Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 {('Note: ' + lat['note']) if lat.get('note') else ''}
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from release.stages.base import StageParams
 
@@ -40,6 +40,18 @@ class TrainParams(StageParams):
     augment: bool = Field(True, description="random horizontal flips")
     checkpoint_every: int = Field(50, gt=0, description="steps between resume checkpoints")
 
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if "warmup_steps" in self.model_fields_set and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be less than steps ({self.steps})")
+        return self
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps used: as set, or the default capped at a fifth of a short run."""
+        return self.warmup_steps if "warmup_steps" in self.model_fields_set else min(self.warmup_steps,
+                                                                                         self.steps // 5)
+
 
 @dataclass
 class TrainSet:
@@ -48,25 +60,23 @@ class TrainSet:
     inputs: Any
     boxes: list
     labels: list
-    path: Path
 
     def __len__(self) -> int:
         return len(self.inputs)
 
 
 def load_train_set(ref, adapter, labels: bool = True) -> TrainSet:
-    """Read and preprocess every image of a split (threads: PNG decoding releases the GIL)."""
+    """Read and preprocess every image of a split (threads: PNG decoding releases the GIL).
+
+    The whole split is held in memory as float32 (the demo's 3,000 images of 128x128: 590 MB);
+    a split too large for that needs a streaming loader, which this does not have yet."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    from release.data import load_split
-    from release.errors import DataError
+    from release.data import open_split
 
-    split = load_split(ref.annotations, ref.images, ref.limit)
-    if not split.images:
-        raise DataError(f"{ref.annotations}: the training split has no images. Point data.train at a split "
-                        f"with images.")
+    split = open_split(ref)
 
     def one(record):
         x, meta = adapter.preprocess(split.read_image(record))
@@ -78,7 +88,7 @@ def load_train_set(ref, adapter, labels: bool = True) -> TrainSet:
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         loaded = list(pool.map(one, split.images))
     return TrainSet(np.stack([x for x, _, _ in loaded]).astype(np.float32), [b for _, b, _ in loaded],
-                    [lab for _, _, lab in loaded], ref.annotations)
+                    [lab for _, _, lab in loaded])
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int):
@@ -108,11 +118,12 @@ def make_batch(data: TrainSet, step: int, p: TrainParams):
 
 
 def lr_at(step: int, p: TrainParams) -> float:
-    if step < p.warmup_steps:
-        return p.lr * (0.05 + 0.95 * step / p.warmup_steps)
+    warmup = p.warmup
+    if step < warmup:
+        return p.lr * (0.05 + 0.95 * step / warmup)
     if p.schedule == "constant":
         return p.lr
-    t = (step - p.warmup_steps) / max(1, p.steps - 1 - p.warmup_steps)
+    t = (step - warmup) / max(1, p.steps - 1 - warmup)
     t = min(max(t, 0.0), 1.0)
     floor = 0.01
     if p.schedule == "linear":
@@ -120,51 +131,55 @@ def lr_at(step: int, p: TrainParams) -> float:
     return p.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """No decay on BN and biases: shrinking them towards zero only fights the normalisation."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+def sparsity_masks(model) -> dict:
+    """Masks of the conv/linear weights' nonzeros: training with them keeps a magnitude-pruned
+    model's zeros at zero, so its sparsity survives fine-tuning."""
+    return {name: p.detach() != 0 for name, p in model.named_parameters() if p.ndim > 1 and bool((p == 0).any())}
 
 
-def ema_update(ema, model, decay: float) -> None:
+def _restore(state: dict, key: str, model, ema, optimizer) -> None:
+    """Apply a resume checkpoint, or raise ValueError leaving every object untouched."""
     import torch
 
-    with torch.no_grad():
-        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
-            else:
-                e.copy_(m)
+    if state.get("schema") != RESUME_SCHEMA or state.get("key") != key:
+        raise ValueError("it was written for other params or code")
+    for name, target, saved in (("model", model, state["model"]), ("ema", ema, state["ema"])):
+        if target is None:
+            continue
+        mine = target.state_dict()
+        if set(mine) != set(saved) or any(mine[k].shape != saved[k].shape for k in mine):
+            raise ValueError(f"its {name} weights do not fit this network")
+    before = copy_state(model), copy_state(ema), optimizer.state_dict()
+    try:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        model.load_state_dict(before[0])
+        if ema is not None:
+            ema.load_state_dict(before[1])
+        optimizer.load_state_dict(before[2])
+        raise ValueError(f"it does not load ({exc})") from None
 
 
-def sparsity_masks(model) -> dict:
-    """Masks of conv/linear weights that hold exact zeros (a magnitude-pruned input): training
-    keeps those zeros, so sparsity survives fine-tuning. A dense network has none."""
-    masks = {}
-    for name, p in model.named_parameters():
-        if p.ndim > 1 and bool((p == 0).any()):
-            masks[name] = p.detach() != 0
-    return masks
-
-
-def sparsity(model) -> dict:
-    """Zeros among conv/linear weights (what magnitude pruning sets)."""
-    total = zeros = 0
-    for p in model.parameters():
-        if p.ndim > 1:
-            total += p.numel()
-            zeros += int((p == 0).sum())
-    return {"weights": total, "zeros": zeros, "sparsity": round(zeros / total, 6) if total else 0.0}
+def copy_state(module) -> dict | None:
+    return None if module is None else {k: v.clone() for k, v in module.state_dict().items()}
 
 
 def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Path | None = None,
-        label: str = "train", progress: bool = False, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+        key: str = "", keep_zeros: bool = False, label: str = "train", progress: bool = False,
+        log: Callable[[str], None] = print) -> tuple[Any, dict]:
     """Train `model` for p.steps; returns (the model to write: EMA or last, facts).
 
     loss_fn(model, x, targets) -> dict with a 'loss' tensor (and any named parts, logged).
-    `resume`: a file where the state is checkpointed every p.checkpoint_every steps; when it holds
-    a checkpoint, training continues from it, and it is removed once training completes.
+    `resume`: a file where the state is checkpointed every p.checkpoint_every steps and at the end;
+    when it holds a checkpoint written with the same params and `key` (the stage's fingerprint),
+    training continues from it. An unreadable or foreign checkpoint is ignored, with a message. The
+    caller removes the file once the output is safely written.
+    `keep_zeros`: keep the exact zeros of conv/linear weights (a magnitude-pruned input) at zero.
+    Results are deterministic for a seed on one machine with one thread count.
     """
     import copy
 
@@ -172,15 +187,17 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
     import torch
 
     from release.atomic import atomic_file
+    from release.optim import ema_update, param_groups, usable_cpus
 
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
+    key = f"{key}|{p.model_dump_json()}"
     try:
         torch.manual_seed(p.seed)
         # channels_last: oneDNN's convolutions run ~1.3x faster on CPU in NHWC.
         model = model.to(memory_format=torch.channels_last).train()
-        masks = sparsity_masks(model)
+        masks = sparsity_masks(model) if keep_zeros else {}
         ema = copy.deepcopy(model).eval() if p.ema > 0 else None
         if ema is not None:
             for q in ema.parameters():
@@ -188,15 +205,13 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
         optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, foreach=True)
         start, losses = 0, []
         if resume is not None and resume.is_file():
-            state = torch.load(resume, map_location="cpu", weights_only=True)
-            if state.get("schema") == RESUME_SCHEMA and state.get("steps") == p.steps:
-                model.load_state_dict(state["model"])
-                if ema is not None:
-                    ema.load_state_dict(state["ema"])
-                optimizer.load_state_dict(state["optimizer"])
-                torch.set_rng_state(state["rng"])
-                start, losses = state["step"], list(state["losses"])
+            try:
+                state = torch.load(resume, map_location="cpu", weights_only=True)
+                _restore(state, key, model, ema, optimizer)
+                start, losses = int(state["step"]), list(state["losses"])
                 log(f"{label}: resuming at step {start} of {p.steps} from {resume}")
+            except Exception as exc:  # noqa: BLE001 - a truncated, foreign or stale file: start over
+                log(f"{label}: ignoring the resume checkpoint {resume} ({exc}); starting from step 0")
         bar = None
         if progress:
             from tqdm import tqdm
@@ -221,18 +236,18 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
                 # Warm-up of the decay: the first steps' weights should not linger in the average.
                 ema_update(ema, model, min(p.ema, (1 + step) / (10 + step)))
             losses.append(float(loss["loss"].detach()))
-            for key, value in loss.items():
-                if key != "loss":
-                    parts.setdefault(key, []).append(float(value.detach()))
+            for name, value in loss.items():
+                if name != "loss":
+                    parts.setdefault(name, []).append(float(value.detach()))
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0 or step == p.steps - 1:
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", lr=f"{lr_at(step, p):.2e}")
             done = step + 1
-            if resume is not None and done % p.checkpoint_every == 0 and done < p.steps:
+            if resume is not None and (done % p.checkpoint_every == 0 or done == p.steps):
                 resume.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_file(resume) as handle:
-                    torch.save({"schema": RESUME_SCHEMA, "steps": p.steps, "step": done,
+                    torch.save({"schema": RESUME_SCHEMA, "key": key, "step": done,
                                 "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
                                 "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                                 "losses": losses}, handle)
@@ -251,6 +266,4 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
         "seconds_per_step": round((time.perf_counter() - started) / max(1, p.steps - start), 4),
         "kept_sparse": len(masks),
     }
-    if resume is not None and resume.is_file():
-        resume.unlink()
     return out, facts

@@ -21,7 +21,7 @@ import torch
 from release.atomic import atomic_file
 from release.data import load_split
 from release.demo.detector import Adapter, build
-from release.training import ema_update, param_groups
+from release.optim import ema_update, param_groups
 
 LIGHTNING_VERSION = "2.4.0"
 # Real checkpoints carry the training machine's paths; a fixed one keeps ours byte-identical for a

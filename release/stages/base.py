@@ -7,6 +7,7 @@ A stage module defines
 and may define
     def reads(params) -> tuple[str, ...]             # narrows SPEC.reads by the params
     def code_refs(params) -> list[str]               # import paths whose code joins the fingerprint
+    def needs_labels(params) -> bool                 # False: the splits it reads need no annotations
     def preflight(params, manifest, model) -> list[tuple[tuple, str]]
         # (field path under the step, message) for each problem found against a freshly built model
         # (pattern matching no layer, an adapter without a loss); run by the `check` task before

@@ -52,6 +52,10 @@ class Params(TrainParams):
         return self
 
 
+def needs_labels(params) -> bool:
+    return params.labels and params.gt_weight > 0
+
+
 def code_refs(params) -> list[str]:
     return [params.student.builder] if params.student.builder else []
 
@@ -63,13 +67,14 @@ def _student_builder(params, manifest) -> str:
 def build_student(params, manifest):
     from release.model import import_object
 
+    from release.errors import ReleaseError
+
     builder = import_object(_student_builder(params, manifest), "student.builder")
     try:
         return builder(**params.student.kwargs)
-    except TypeError as exc:
-        from release.errors import ReleaseError
-
-        raise ReleaseError(f"student.kwargs: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's builder failed: say where, not a traceback
+        raise ReleaseError(f"student.kwargs: the student's builder failed with these kwargs: "
+                           f"{type(exc).__name__}: {exc}") from None
 
 
 def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
@@ -86,7 +91,12 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
         return [(tuple(field.split(".")), message)]
     x = torch.zeros(tuple(manifest.model.input_shape))
     with torch.no_grad():
-        t_out, s_out = model.eval()(x), student(x)
+        t_out = model.eval()(x)
+        try:
+            s_out = student(x)
+        except Exception as exc:  # noqa: BLE001 - a student that cannot take the model's input
+            return [(("student",), f"the student fails on an input of model.input_shape "
+                                   f"{list(manifest.model.input_shape)}: {type(exc).__name__}: {exc}")]
     t_out = t_out if isinstance(t_out, (tuple, list)) else (t_out,)
     s_out = s_out if isinstance(s_out, (tuple, list)) else (s_out,)
     t_shapes, s_shapes = [list(t.shape) for t in t_out], [list(s.shape) for s in s_out]
@@ -160,8 +170,8 @@ def run(ctx: StageContext) -> dict:
         total = p.distill_weight * parts.get("kd_loss", 0.0) + p.gt_weight * parts.get("gt_loss", 0.0)
         return {**{k: v for k, v in parts.items() if k not in ("kd_loss", "gt_loss")}, "loss": total}
 
-    trained, facts = fit(student, data, p, loss_fn, resume=ctx.resume, label="distill", progress=ctx.progress,
-                         log=ctx.log)
+    trained, facts = fit(student, data, p, loss_fn, resume=ctx.resume, key=ctx.fingerprint, label="distill",
+                         progress=ctx.progress, log=ctx.log)
     save_weights(trained, ctx.output, builder=_student_builder(p, ctx.manifest), kwargs=p.student.kwargs)
     before, after = complexity(teacher, spec.input_shape), complexity(trained, spec.input_shape)
     ctx.log(f"distill: student {after['parameters']:,} parameters ({after['macs'] / 1e6:.1f} M MACs) from teacher "

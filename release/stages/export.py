@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> dict:
     import torch
 
     from release.errors import ReleaseError
-    from release.model import complexity, load_adapter, load_weights
+    from release.model import complexity, load_adapter, load_weights, sparsity
 
     started = time.perf_counter()
     spec = ctx.manifest.model
@@ -86,6 +86,6 @@ def run(ctx: StageContext) -> dict:
     return {
         "opset": ctx.params.opset, "nodes": len(model_proto.graph.node), "parity_max_abs_diff": worst,
         "parity_samples": len(samples), "outputs": [o.name for o in model_proto.graph.output],
-        "parameters": counted["parameters"], "macs": counted["macs"],
+        "parameters": counted["parameters"], "macs": counted["macs"], "sparsity": sparsity(model)["sparsity"],
         "bytes": ctx.output.stat().st_size, "seconds": round(time.perf_counter() - started, 3),
     }

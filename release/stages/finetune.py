@@ -34,8 +34,9 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
 
 def run(ctx: StageContext) -> dict:
     from release.errors import ManifestError
-    from release.model import builder_of, complexity, load_adapter, load_weights, save_weights
-    from release.training import fit, load_train_set, sparsity
+    from release.model import (builder_of, complexity, load_adapter, load_weights, save_weights, sparsity,
+                               weights_metadata)
+    from release.training import fit, load_train_set
 
     spec = ctx.manifest.model
     model = load_weights(spec, ctx.input)
@@ -49,10 +50,13 @@ def run(ctx: StageContext) -> dict:
     def loss_fn(net, x, targets):
         return adapter.loss(net(x), targets)
 
-    trained, facts = fit(model, data, ctx.params, loss_fn, resume=ctx.resume, label="finetune",
-                         progress=ctx.progress, log=ctx.log)
+    # A magnitude-pruned input says so in its metadata: its zeros are kept. Other exact zeros are
+    # just weights (a builder may zero-initialise some) and train freely.
+    sparse = bool(weights_metadata(ctx.input).get("sparse"))
+    trained, facts = fit(model, data, ctx.params, loss_fn, resume=ctx.resume, key=ctx.fingerprint,
+                         keep_zeros=sparse, label="finetune", progress=ctx.progress, log=ctx.log)
     builder, kwargs = builder_of(spec, ctx.input)
-    save_weights(trained, ctx.output, builder=builder, kwargs=kwargs)
+    save_weights(trained, ctx.output, builder=builder, kwargs=kwargs, **({"sparse": True} if sparse else {}))
     after = complexity(trained, spec.input_shape)
     ctx.log(f"finetune: {facts['steps']} steps, loss {facts['loss_start']:.3f} -> {facts['loss_final']:.3f}, "
             f"{facts['seconds_per_step']:.3f} s/step")

@@ -43,7 +43,8 @@ class Params(StageParams):
                                                               "output layers are kept automatically)")
     scope: Literal["layer", "global"] | None = Field(
         None, description="layer: each layer loses `amount`; global: one ranking across layers. Default: "
-                          "layer for channel (a global ranking can empty a layer), global for magnitude")
+                          "layer for channel (a global ranking may take most of a layer's channels and skip "
+                          "others), global for magnitude")
     importance: Literal["l1", "l2", "bn_scale"] | None = Field(
         None, description="channel only: how channels are ranked (default l2: the group's weight norm)")
     round_to: int | None = Field(None, ge=2, le=64, description="channel only: keep channel counts at "
@@ -70,6 +71,15 @@ def _prunable(model) -> dict:
 
     return {name: m for name, m in model.named_modules()
             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))}
+
+
+def _output_shapes(model, input_shape) -> list[list[int]]:
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    with torch.no_grad():
+        return [list(t.shape) for t in tree_leaves(model.eval()(torch.zeros(tuple(input_shape))))
+                if isinstance(t, torch.Tensor)]
 
 
 def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
@@ -126,8 +136,10 @@ def _channel(model, params, amounts: dict, kept: list[str], input_shape) -> dict
         round_to=params.round_to)
     pruner.step()
     after = {n: m.weight.shape[0] for n, m in modules.items()}
+    # torch-pruning skips a group it cannot prune (it would empty a layer, or holds an ignored one):
+    # say which requested layers kept every channel instead of letting it pass unnoticed.
     return {"channels": {n: [before[n], after[n]] for n in modules if before[n] != after[n]},
-            "kept": kept}
+            "not_narrowed": sorted(n for n in amounts if before[n] == after[n]), "kept": kept}
 
 
 def narrow_like(model, target, input_shape) -> None:
@@ -173,7 +185,8 @@ def narrow_like(model, target, input_shape) -> None:
 def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
     import torch.nn.utils.prune as tprune
 
-    from release.training import sparsity
+    from release.model import sparsity
+
 
     modules = _prunable(model)
     if params.resolved_scope == "global":
@@ -195,7 +208,7 @@ def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
-    from release.errors import ManifestError
+    from release.errors import ManifestError, ReleaseError
     from release.model import builder_of, complexity, load_weights, output_layers, save_weights
 
     spec, p = ctx.manifest.model, ctx.params
@@ -205,6 +218,10 @@ def run(ctx: StageContext) -> dict:
         raise ManifestError(f"{ctx.manifest.path}: prune: " + "; ".join(m for _, m in problems))
     before = complexity(model, spec.input_shape)
     outputs = output_layers(model, spec.input_shape)
+    if not outputs and not p.keep:
+        raise ReleaseError("prune: found no Conv/Linear layer before the model's outputs, so the head output "
+                           "layers cannot be kept whole automatically; name them in prune.keep")
+    shapes_before = _output_shapes(model, spec.input_shape)
     names = list(_prunable(model))
     kept = [n for n in names if n in outputs or any(fnmatchcase(n, k) for k in p.keep)]
     amounts = _amounts(p, names, set(kept))
@@ -213,8 +230,14 @@ def run(ctx: StageContext) -> dict:
     else:
         facts = _magnitude(model, p, amounts, kept)
     after = complexity(model, spec.input_shape)
+    if _output_shapes(model, spec.input_shape) != shapes_before:
+        raise ReleaseError(f"prune: the model's output shapes changed ({shapes_before} -> "
+                           f"{_output_shapes(model, spec.input_shape)}); add the layers that produce the "
+                           f"outputs to prune.keep")
     builder, kwargs = builder_of(spec, ctx.input)
-    save_weights(model, ctx.output, builder=builder, kwargs=kwargs)
+    # `sparse` tells finetune to keep these zeros; a channel-pruned network is dense.
+    save_weights(model, ctx.output, builder=builder, kwargs=kwargs,
+                 **({"sparse": True} if p.method == "magnitude" else {}))
     fewer = 1 - after["macs"] / before["macs"] if before["macs"] else 0.0
     if p.method == "channel":
         ctx.log(f"prune: {len(facts['channels'])} layers narrowed, parameters {before['parameters']:,} -> "

@@ -186,3 +186,13 @@ def test_pruned_weights_record_json_metadata(project, tmp_path):
     assert shapes["stem.0.0"]["out_channels"] < 8  # width 0.5 builds 8; 30% of them went
     assert shapes["stem.0.1"]["num_features"] == shapes["stem.0.0"]["out_channels"]  # its BN shrank with it
     assert shapes["stem.1.0"]["in_channels"] == shapes["stem.0.0"]["out_channels"]  # and the next conv's input
+
+
+def test_global_channel_ranking_prunes_the_requested_share_overall(project, tmp_path):
+    facts, _ = _run(prune, project, tmp_path, method="channel", amount=0.3, scope="global")
+    assert facts["scope"] == "global" and facts["channels"]
+    removed = sum(b - a for b, a in facts["channels"].values())
+    total = sum(b for b, _ in facts["channels"].values())
+    widths = {round(1 - a / b, 2) for b, a in facts["channels"].values()}
+    assert removed > 0 and len(widths) > 1, widths  # unlike scope: layer, layers lose different shares
+    assert total >= removed

@@ -10,7 +10,7 @@ from release import preflight, training
 from release.errors import ManifestError
 from release.fingerprint import file_sha256
 from release.manifest import load as load_manifest
-from release.model import load_adapter, load_weights
+from release.model import load_adapter, load_weights, sparsity
 from release.stages import distill, finetune, prune
 from release.stages.base import StageContext
 from tests.conftest import tiny_manifest_dict, write_manifest
@@ -83,7 +83,28 @@ def test_interrupted_finetune_resumes_where_it_stopped(tiny_project, pruned, tmp
     facts, resumed = _run(finetune, tiny_project, pruned, tmp_path / "second", resume=resume, **params)
     assert facts["resumed_from"] == 5
     assert file_sha256(resumed) == file_sha256(whole)  # exactly the uninterrupted result
-    assert not resume.exists()  # removed once training completed
+    # Training checkpoints its last step too: a crash between training and writing the output
+    # (the runner deletes the file only after the output is committed) loses no steps.
+    facts, again = _run(finetune, tiny_project, pruned, tmp_path / "third", resume=resume, **params)
+    assert facts["resumed_from"] == 12 and file_sha256(again) == file_sha256(whole)
+
+
+def test_a_truncated_or_foreign_resume_file_is_ignored(tiny_project, pruned, tmp_path):
+    params = {"steps": 6, "checkpoint_every": 3, "warmup_steps": 1}
+    _, whole = _run(finetune, tiny_project, pruned, tmp_path / "whole", **params)
+    resume = tmp_path / "state.pt"
+    _run(finetune, tiny_project, pruned, tmp_path / "a", resume=resume, **params)
+    resume.write_bytes(resume.read_bytes()[:1000])  # truncated
+    messages = []
+    ctx = StageContext(input=pruned, out_dir=tmp_path / "b", params=finetune.Params(**params),
+                       manifest=tiny_project.manifest, log=messages.append, spec_produces="weights", resume=resume)
+    (tmp_path / "b").mkdir()
+    facts = finetune.run(ctx)
+    assert facts["resumed_from"] == 0 and file_sha256(ctx.output) == file_sha256(whole)
+    assert any("ignoring the resume checkpoint" in m for m in messages), messages
+    # Written by other params (another seed): not resumed from either.
+    facts, _ = _run(finetune, tiny_project, pruned, tmp_path / "c", resume=resume, **{**params, "seed": 5})
+    assert facts["resumed_from"] == 0
 
 
 def test_finetune_keeps_magnitude_pruned_zeros(tiny_project, tmp_path):
@@ -91,7 +112,7 @@ def test_finetune_keeps_magnitude_pruned_zeros(tiny_project, tmp_path):
     facts, tuned = _run(finetune, tiny_project, sparse, tmp_path / "f", steps=5, warmup_steps=1)
     assert facts["kept_sparse"] > 0
     assert facts["sparsity"] == pytest.approx(pfacts["sparsity"], abs=1e-6)
-    assert training.sparsity(load_weights(tiny_project.manifest.model, tuned))["sparsity"] == pfacts["sparsity"]
+    assert sparsity(load_weights(tiny_project.manifest.model, tuned))["sparsity"] == pfacts["sparsity"]
 
 
 def test_adapter_without_a_loss_fails_the_check(tmp_path):
@@ -141,13 +162,22 @@ def test_distillation_beats_the_same_student_without_a_teacher(tiny_project, tmp
 
 
 def test_distill_from_images_only_and_from_the_teacher_weights(tiny_project, tmp_path):
+    from dataclasses import replace
+
+    from release.manifest import DataRef
+
+    # A train split with no annotations file at all: a folder of images.
+    m = tiny_project.manifest
+    images_only = m.model_copy(update={"data": m.data.model_copy(
+        update={"train": DataRef(images=m.data.train.images)})})
+    project = replace(tiny_project, manifest=images_only)
     params = {"student": {"kwargs": {"num_classes": 3, "width": 0.25}}, "steps": 20, "batch_size": 8,
               "labels": False, "init": "teacher", "warmup_steps": 2, "lr": 1e-3}
-    facts, out = _run(distill, tiny_project, tiny_project.teacher, tmp_path, **params)
+    facts, out = _run(distill, project, tiny_project.teacher, tmp_path, **params)
     assert not facts["labels"] and not any(k.startswith("gt_") for k in facts["loss_parts_final"])
     assert facts["after"]["macs"] < 0.5 * facts["before"]["macs"]
     # Narrowed from the teacher, the student starts close to it: far better than from noise.
-    _, noise = _run(distill, tiny_project, tiny_project.teacher, tmp_path / "noise", **{**params, "init": "random"})
+    _, noise = _run(distill, project, tiny_project.teacher, tmp_path / "noise", **{**params, "init": "random"})
     assert _map(tiny_project, out, tmp_path / "e1") > _map(tiny_project, noise, tmp_path / "e2")
     from release.model import weights_metadata
 
@@ -157,3 +187,41 @@ def test_distill_from_images_only_and_from_the_teacher_weights(tiny_project, tmp
 def test_distill_params_need_something_to_learn_from():
     with pytest.raises(Exception, match="nothing to learn from"):
         distill.Params(student={"kwargs": {}}, distill_weight=0, labels=False)
+
+
+def test_a_student_that_cannot_be_built_or_run_is_a_located_error(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["variants"] = {
+        "a": ["strip", {"distill": {"student": {"kwargs": {"num_classes": 3, "wdith": 0.5}}}}, "export"],
+        "b": ["strip", {"distill": {"student": {"builder": "tests.models:TinyDetector"}}}, "export"],
+    }
+    manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
+    with pytest.raises(ManifestError) as err:
+        preflight.check(manifest)
+    text = str(err.value)
+    assert "2 problems" in text and "variants.a[1].distill.student.kwargs" in text and "wdith" in text
+    assert "variants.b[1].distill.student" in text and "do not match the teacher's" in text
+
+
+def test_prune_after_distill_is_checked_against_the_student(tmp_path):
+    doc = tiny_manifest_dict()
+    student = {"distill": {"student": {"builder": "tests.models:TinyDetector"}}}
+    doc["variants"] = {"a": ["strip", student, {"prune": {"method": "channel", "layers": {"body.*": 0.5}}}, "export"]}
+    manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
+    with pytest.raises(ManifestError) as err:
+        preflight.check(manifest)
+    text = str(err.value)  # only the distill step's mismatch: body.* names the student's layers
+    assert "1 problem" in text and "variants.a[1].distill.student" in text and "variants.a[2]" not in text
+
+
+def test_finetune_needs_labelled_training_data(tmp_path):
+    doc = tiny_manifest_dict()
+    doc.pop("demo")  # the demo generates labelled splits
+    del doc["data"]["train"]["annotations"]
+    doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 10}}, "export"],
+                       "taught": ["strip", {"distill": {"student": {"kwargs": {"width": 0.25}}, "labels": False}},
+                                  "export"]}
+    with pytest.raises(ManifestError) as err:
+        load_manifest(write_manifest(tmp_path, doc), tmp_path)
+    text = str(err.value)
+    assert "1 problem" in text and "variants.tuned[1]" in text and "data.train, which has no annotations" in text
