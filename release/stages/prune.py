@@ -95,6 +95,17 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
                 problems.append(((field, pattern), f"pattern '{pattern}' matches no prunable (Conv/Linear) layer "
                                                    f"of the model.{hint} Layer names are module paths, e.g. "
                                                    f"'{names[0] if names else 'backbone.0'}'; globs like 'backbone.*'."))
+    if params.layers:
+        from release.model import output_layers
+
+        kept = set(output_layers(model, manifest.model.input_shape))
+        kept |= {n for n in names if any(fnmatchcase(n, k) for k in params.keep)}
+        for pattern in params.layers:
+            matched = [n for n in names if fnmatchcase(n, pattern)]
+            if matched and all(n in kept for n in matched):
+                problems.append((("layers", pattern), f"pattern '{pattern}' matches only layers that are kept whole "
+                                                      f"({', '.join(matched)}: head outputs or prune.keep), so it "
+                                                      f"prunes nothing. Point it at other layers, or drop it."))
     return problems
 
 

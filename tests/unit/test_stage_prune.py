@@ -159,6 +159,10 @@ def test_patterns_matching_no_layer_fail_the_check_before_training(tmp_path):
     assert "tiny.yaml" in text and "line " in text and "variants.pruned[1].prune.layers.down23.*" in text
     assert "matches no prunable" in text and "down32" in text  # the closest names
     assert "heatmap.0" not in text  # a valid keep pattern is fine
+    # A pattern that only names layers kept whole (a head's output conv) would prune nothing.
+    doc["variants"] = {"pruned": ["strip", {"prune": {"method": "channel", "layers": {"heatmap.2": 0.5}}}, "export"]}
+    with pytest.raises(ManifestError, match="matches only layers that are kept whole"):
+        preflight.check(load_manifest(write_manifest(tmp_path, doc), tmp_path))
 
 
 def test_output_layers_follow_the_autograd_graph():
