@@ -65,9 +65,8 @@ def _student_builder(params, manifest) -> str:
 
 
 def build_student(params, manifest):
-    from release.model import import_object
-
     from release.errors import ReleaseError
+    from release.model import import_object
 
     builder = import_object(_student_builder(params, manifest), "student.builder")
     try:
@@ -79,6 +78,7 @@ def build_student(params, manifest):
 
 def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
     import torch
+    from torch.utils._pytree import tree_leaves
 
     from release.errors import ReleaseError
     from release.model import load_adapter
@@ -97,9 +97,8 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
         except Exception as exc:  # noqa: BLE001 - a student that cannot take the model's input
             return [(("student",), f"the student fails on an input of model.input_shape "
                                    f"{list(manifest.model.input_shape)}: {type(exc).__name__}: {exc}")]
-    t_out = t_out if isinstance(t_out, (tuple, list)) else (t_out,)
-    s_out = s_out if isinstance(s_out, (tuple, list)) else (s_out,)
-    t_shapes, s_shapes = [list(t.shape) for t in t_out], [list(s.shape) for s in s_out]
+    t_shapes = [list(t.shape) for t in tree_leaves(t_out) if isinstance(t, torch.Tensor)]
+    s_shapes = [list(s.shape) for s in tree_leaves(s_out) if isinstance(s, torch.Tensor)]
     if t_shapes != s_shapes:
         problems.append((("student",), f"the student's outputs {s_shapes} do not match the teacher's {t_shapes}; "
                                        f"distillation compares them one to one. Give the student the teacher's "
