@@ -25,6 +25,23 @@ def _validate(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    import json
+
+    from release import inspection
+
+    fmt, trusted, weights, drop = args.format, args.trusted, "auto", []
+    if args.manifest:
+        from release import manifest
+
+        root = Path(args.root)
+        source = manifest.load(manifest.resolve(args.manifest, root), root).source
+        fmt, trusted, weights, drop = source.format, source.trusted or args.trusted, source.weights, source.drop
+    info = inspection.inspect(Path(args.checkpoint), fmt=fmt, trusted=trusted, weights=weights, drop=drop)
+    print(json.dumps(info, indent=2) if args.json else inspection.render(info))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="release", description="model-release build system")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("manifest", help="a path, or a name under recipes/")
     check.add_argument("--root", default=".", help="project root that manifest paths are relative to")
     check.set_defaults(func=_validate)
+    look = sub.add_parser("inspect", help="what a checkpoint holds and what stripping it would save (read-only)")
+    look.add_argument("checkpoint")
+    look.add_argument("--manifest", help="take format, weights copy, drop patterns and trust from this manifest")
+    look.add_argument("--root", default=".", help="project root for --manifest")
+    look.add_argument("--format", default="auto", choices=["auto", "state_dict", "lightning", "mmdet", "safetensors"])
+    look.add_argument("--trusted", action="store_true",
+                      help="allow full pickle loading (runs code from the file; only for files you trust)")
+    look.add_argument("--json", action="store_true", help="print the findings as JSON")
+    look.set_defaults(func=_inspect)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,104 @@
+"""`release inspect CHECKPOINT`: what is in a checkpoint, and what stripping it would save.
+
+Read-only, and as safe as `strip`: pickles are loaded with `weights_only=True` unless trust is given
+(`--trusted`, or a manifest whose source says `trusted: true`), so inspecting a file never runs code
+from it. The answer to "why is my file 12x the official one" in one screen: the format, the
+top-level keys with the bytes they hold, the tensors grouped by prefix with parameter counts, the
+training-only content found, and the size of the weights that `strip` would keep.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from release import checkpoint
+
+MB = 1_000_000
+
+
+def _tensors(obj: Any, prefix: str = ""):
+    """(dotted path, tensor) for every tensor inside nested dicts/lists/tuples."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def inspect(path: Path, fmt: str = "auto", trusted: bool = False, weights: str = "auto",
+            drop: list[str] | None = None) -> dict:
+    """Everything `release inspect` prints, as a dict (also its --json output)."""
+    path = Path(path)
+    fmt, obj = checkpoint.read(path, fmt, trusted)
+    size = path.stat().st_size
+    top = obj if isinstance(obj, Mapping) else {"(root)": obj}
+    keys = []
+    for key, value in top.items():
+        tensors = list(_tensors(value))
+        keys.append({"key": str(key), "type": type(value).__name__, "tensors": len(tensors),
+                     "bytes": sum(_nbytes(t) for _, t in tensors)})
+    # The weights mapping, grouped by its first two name components (e.g. avg_model.backbone).
+    state = obj if fmt in ("state_dict", "safetensors") else obj.get("state_dict", {}) if isinstance(obj, Mapping) else {}
+    groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "parameters": 0, "bytes": 0, "dtypes": set()})
+    for name, t in _tensors(state):
+        g = groups[".".join(name.split(".")[:2])]
+        g["tensors"] += 1
+        g["parameters"] += t.numel()
+        g["bytes"] += _nbytes(t)
+        g["dtypes"].add(str(t.dtype).replace("torch.", ""))
+    kept, facts = checkpoint.extract(path, fmt, obj, weights)
+    dropped: list[str] = []
+    if drop:
+        kept, dropped = checkpoint.drop(kept, drop, path)
+    kept_bytes = sum(_nbytes(t) for _, t in _tensors(kept))
+    training = [k for k in keys if k["key"] in checkpoint.TRAINING_KEYS]
+    other_copy = [g for g in groups if facts["prefix"] and not g.startswith(facts["prefix"].rstrip("."))]
+    return {
+        "path": str(path), "format": fmt, "bytes": size, "keys": keys,
+        "groups": {k: {**v, "dtypes": sorted(v["dtypes"])} for k, v in sorted(groups.items())},
+        "copy": facts["copy"], "prefix": facts["prefix"],
+        "training_keys": [k["key"] for k in training],
+        "other_copies": sorted({g.split(".")[0] for g in other_copy}),
+        "dropped": dropped, "kept_tensors": len(kept), "kept_parameters": sum(t.numel() for _, t in _tensors(kept)),
+        "kept_bytes": kept_bytes, "saving_bytes": max(0, size - kept_bytes), "trusted": trusted,
+    }
+
+
+def render(info: dict) -> str:
+    lines = [f"{info['path']}: {info['format']} checkpoint, {info['bytes'] / MB:.2f} MB"
+             f"{' (loaded as trusted: pickled code may have run)' if info['trusted'] else ''}", "",
+             "top-level keys:"]
+    width = max(len(k["key"]) for k in info["keys"])
+    for k in info["keys"]:
+        lines.append(f"  {k['key']:<{width}}  {k['bytes'] / MB:8.2f} MB  {k['tensors']:5d} tensors  ({k['type']})")
+    if info["groups"]:
+        lines += ["", "weights by prefix:"]
+        width = max(len(g) for g in info["groups"])
+        for name, g in info["groups"].items():
+            lines.append(f"  {name:<{width}}  {g['parameters']:>11,} values  {g['bytes'] / MB:8.2f} MB  "
+                         f"{', '.join(g['dtypes'])}")
+    found = []
+    if info["training_keys"]:
+        found.append(f"training state: {', '.join(info['training_keys'])}")
+    if info["other_copies"]:
+        found.append(f"other copies of the weights: {', '.join(c + '.*' for c in info['other_copies'])} "
+                     f"(strip keeps the {info['copy']} copy, '{info['prefix']}*')")
+    if info["dropped"]:
+        found.append(f"{len(info['dropped'])} tensors matched source.drop, e.g. {info['dropped'][0]}")
+    lines += ["", "training-only content:"] + [f"  {f}" for f in found or ["none found"]]
+    lines += ["", f"strip would keep {info['kept_tensors']} tensors, {info['kept_parameters']:,} parameters, "
+                  f"{info['kept_bytes'] / MB:.2f} MB: it saves {info['saving_bytes'] / MB:.2f} MB "
+                  f"({info['bytes'] / max(info['kept_bytes'], 1):.1f}x smaller)"]
+    return "\n".join(lines)
