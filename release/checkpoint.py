@@ -30,11 +30,11 @@ def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any
     with open(path, "rb") as handle:
         head = handle.read(16)
     if fmt == "safetensors" or (fmt == "auto" and path.suffix == ".safetensors"):
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return "safetensors", load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc}).") from None
 
     import pickle
@@ -50,11 +50,16 @@ def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any
     except pickle.UnpicklingError as exc:
         if trusted:
             raise CheckpointError(f"{path}: unpickling failed ({exc}).") from None
-        needs = str(exc).split("\n")[0][:300]
+        import re
+
+        wanted = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        needs = (f"It asks for {', '.join(wanted)}" if wanted else str(exc).split("\n")[0][:300]) + \
+            (" (a pickled model object, as YOLOv5 / Ultralytics save)" if wanted else "")
         raise CheckpointError(
             f"{path}: this checkpoint needs code to unpickle, and running code from a file can do anything "
-            f"on this machine, so it was not loaded. ({needs}) If you trust the file's origin, set "
-            f"`source.trusted: true` in the manifest; better, re-save it as a plain state_dict or safetensors."
+            f"on this machine, so it was not loaded. {needs}. If you trust the file's origin and its code is "
+            f"importable here, set `source.trusted: true` in the manifest; better, re-save it as a plain "
+            f"state_dict or safetensors."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}). "
@@ -69,11 +74,19 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
+
+
 def _detect(path: Path, obj: Any, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if _is_state_dict(obj):
         return "state_dict"
+    if isinstance(obj, Mapping) and any(_is_module(obj.get(k)) for k in ("model", "ema")):
+        return "yolov5"  # YOLOv5 / Ultralytics: pickled nn.Module objects (only loads when trusted)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         if "meta" in obj or "message_hub" in obj:
             return "mmdet"
@@ -81,12 +94,14 @@ def _detect(path: Path, obj: Any, fmt: str) -> str:
     kind = type(obj).__name__
     keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else ""
     raise CheckpointError(f"{path}: cannot tell the checkpoint format (a {kind}{' with keys ' + keys if keys else ''}). "
-                          f"Set source.format to one of state_dict, lightning, mmdet, safetensors.")
+                          f"Set source.format to one of state_dict, lightning, mmdet, yolov5, safetensors.")
 
 
 def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict, dict]:
     """(state dict without wrapper prefixes, facts: which copy, prefix, what was dropped)."""
     facts: dict[str, Any] = {"format": fmt}
+    if fmt == "yolov5":
+        return _extract_modules(path, obj, weights, facts)
     if fmt in ("state_dict", "safetensors"):
         state = dict(obj)
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -105,6 +120,24 @@ def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     facts.update(copy=choice if prefix else "raw", prefix=prefix or "")
+    return state, facts
+
+
+def _extract_modules(path: Path, obj: Any, weights: str, facts: dict) -> tuple[dict, dict]:
+    """YOLOv5's strip_optimizer, as a state dict: the EMA module when there is one, else the model."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: source.format is 'yolov5' but the file holds a {type(obj).__name__}, not "
+                              f"a mapping with 'model' / 'ema' modules. Use format: auto.")
+    modules = {"ema": obj.get("ema"), "raw": obj.get("model")}
+    choice = weights if weights != "auto" else ("ema" if _is_module(modules["ema"]) else "raw")
+    module = modules[choice]
+    if not _is_module(module):
+        which = "ema" if choice == "ema" else "model"
+        raise CheckpointError(f"{path}: source.weights is '{choice}' but the checkpoint's '{which}' entry is "
+                              f"{type(module).__name__}, not a model. Use weights: auto.")
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    facts.update(copy=choice, prefix="", training_keys=sorted(str(k) for k in obj if k not in ("model", "ema")),
+                 stored_dtypes=sorted({str(v.dtype).replace("torch.", "") for v in state.values()}))
     return state, facts
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     look.add_argument("checkpoint")
     look.add_argument("--manifest", help="take format, weights copy, drop patterns and trust from this manifest")
     look.add_argument("--root", default=".", help="project root for --manifest")
-    look.add_argument("--format", default="auto", choices=["auto", "state_dict", "lightning", "mmdet", "safetensors"])
+    look.add_argument("--format", default="auto", choices=["auto", "state_dict", "lightning", "mmdet", "yolov5", "safetensors"])
     look.add_argument("--trusted", action="store_true",
                       help="allow full pickle loading (runs code from the file; only for files you trust)")
     look.add_argument("--json", action="store_true", help="print the findings as JSON")

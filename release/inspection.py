@@ -25,6 +25,8 @@ def _tensors(obj: Any, prefix: str = ""):
 
     if isinstance(obj, torch.Tensor):
         yield prefix, obj
+    elif isinstance(obj, torch.nn.Module):  # a pickled model (YOLOv5): its tensors
+        yield from _tensors(obj.state_dict(), prefix)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
@@ -50,7 +52,12 @@ def inspect(path: Path, fmt: str = "auto", trusted: bool = False, weights: str =
         keys.append({"key": str(key), "type": type(value).__name__, "tensors": len(tensors),
                      "bytes": sum(_nbytes(t) for _, t in tensors)})
     # The weights mapping, grouped by its first two name components (e.g. avg_model.backbone).
-    state = obj if fmt in ("state_dict", "safetensors") else obj.get("state_dict", {}) if isinstance(obj, Mapping) else {}
+    if fmt in ("state_dict", "safetensors"):
+        state = obj
+    elif fmt == "yolov5":
+        state = {k: obj[k] for k in ("model", "ema") if obj.get(k) is not None}
+    else:
+        state = obj.get("state_dict", {}) if isinstance(obj, Mapping) else {}
     groups: dict[str, dict] = defaultdict(lambda: {"tensors": 0, "parameters": 0, "bytes": 0, "dtypes": set()})
     for name, t in _tensors(state):
         g = groups[".".join(name.split(".")[:2])]
@@ -63,8 +70,11 @@ def inspect(path: Path, fmt: str = "auto", trusted: bool = False, weights: str =
     if drop:
         kept, dropped = checkpoint.drop(kept, drop, path)
     kept_bytes = sum(_nbytes(t) for _, t in _tensors(kept))
-    training = [k for k in keys if k["key"] in checkpoint.TRAINING_KEYS]
-    other_copy = [g for g in groups if facts["prefix"] and not g.startswith(facts["prefix"].rstrip("."))]
+    training = [k for k in keys if k["key"] in checkpoint.TRAINING_KEYS or k["key"] in facts.get("training_keys", [])
+                and k["key"] != "state_dict"]
+    own = facts["prefix"].rstrip(".") or ("ema" if fmt == "yolov5" and facts["copy"] == "ema" else
+                                          "model" if fmt == "yolov5" else "")
+    other_copy = [g for g in groups if own and not g.startswith(own)]
     return {
         "path": str(path), "format": fmt, "bytes": size, "keys": keys,
         "groups": {k: {**v, "dtypes": sorted(v["dtypes"])} for k, v in sorted(groups.items())},
@@ -94,7 +104,7 @@ def render(info: dict) -> str:
         found.append(f"training state: {', '.join(info['training_keys'])}")
     if info["other_copies"]:
         found.append(f"other copies of the weights: {', '.join(c + '.*' for c in info['other_copies'])} "
-                     f"(strip keeps the {info['copy']} copy, '{info['prefix']}*')")
+                     f"(strip keeps the {info['copy']} copy{', ' + repr(info['prefix'] + '*') if info['prefix'] else ''})")
     if info["dropped"]:
         found.append(f"{len(info['dropped'])} tensors matched source.drop, e.g. {info['dropped'][0]}")
     lines += ["", "training-only content:"] + [f"  {f}" for f in found or ["none found"]]

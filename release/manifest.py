@@ -48,7 +48,8 @@ class Data(Strict):
 
 class Source(Strict):
     checkpoint: Path = Field(description="the trained checkpoint to release")
-    format: Literal["auto", "state_dict", "lightning", "mmdet", "safetensors"] = "auto"
+    format: Literal["auto", "state_dict", "lightning", "mmdet", "yolov5", "safetensors"] = Field(
+        "auto", description="auto detects; yolov5 = pickled model objects (YOLOv5 / Ultralytics), needs trusted")
     weights: Literal["auto", "ema", "raw"] = Field(
         "auto", description="which copy to release when the checkpoint holds an EMA copy; auto prefers EMA")
     drop: list[str] = Field(default_factory=list, description="glob patterns of training-only parameters")
