@@ -170,20 +170,47 @@ def mismatch_report(state: Mapping, expected: Mapping, path: Path) -> str | None
         match = closest(key, pool, cutoff=0.5)
         return f"  (closest: {match[0]})" if match else ""
 
+    # Grouped by module (a key minus its last name): one line per module, not a wall of keys.
     for title, keys, pool in (("missing from the checkpoint", missing, unexpected),
                               ("unexpected in the checkpoint", unexpected, missing)):
         if keys:
-            lines.append(f"  {len(keys)} {title}:")
-            lines += [f"    {k}{near(k, pool)}" for k in keys[:20]]
-            if len(keys) > 20:
-                lines.append(f"    ... and {len(keys) - 20} more")
+            groups = _by_module(keys)
+            lines.append(f"  {len(keys)} {title}, in {len(groups)} module{'s' * (len(groups) != 1)}:")
+            for module, leaves in list(groups.items())[:20]:
+                first = f"{module}.{leaves[0]}" if module else leaves[0]
+                lines.append(f"    {module or '(top level)'}: {', '.join(leaves)}{near(first, pool)}")
+            if len(groups) > 20:
+                lines.append(f"    ... and {len(groups) - 20} more modules")
     if shapes:
         lines.append(f"  {len(shapes)} with a different shape:")
         lines += [f"    {k}: checkpoint {a}, model {b}" for k, a, b in shapes[:20]]
-    hint = _prefix_hint(missing, unexpected)
+    hint = _prefix_hint(missing, unexpected) or _rename_hint(state, expected, missing, unexpected)
     lines.append(hint or "  Fix model.kwargs to match the trained architecture, or list training-only "
                          "parameters in source.drop.")
     return "\n".join(lines)
+
+
+def _by_module(keys: list[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        groups.setdefault(module, []).append(leaf)
+    return groups
+
+
+def _rename_hint(state: Mapping, expected: Mapping, missing: list[str], unexpected: list[str]) -> str:
+    """Modules of the checkpoint whose parameters (names and shapes) are exactly a missing module's."""
+    def signature(source: Mapping, module: str, leaves: list[str]) -> tuple:
+        return tuple(sorted((leaf, tuple(source[f"{module}.{leaf}" if module else leaf].shape)) for leaf in leaves))
+
+    gone = {signature(expected, m, leaves): m for m, leaves in _by_module(missing).items()}
+    pairs = [(m, gone[sig]) for m, leaves in _by_module(unexpected).items()
+             if (sig := signature(state, m, leaves)) in gone]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"'{old}' -> '{new}'" for old, new in pairs[:5])
+    return (f"  Renamed modules? The checkpoint's {shown} hold exactly the parameters the model misses: "
+            f"rename those keys (or the modules in the model code).")
 
 
 def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:

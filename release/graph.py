@@ -148,7 +148,8 @@ def build(manifest: Manifest, root: Path) -> Plan:
     model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
                         spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
     source = manifest.source
-    source_cfg = digest(source.format, source.weights, sorted(source.drop), source.trusted)
+    source_cfg = digest(source.format, source.weights, sorted(source.drop), source.trusted, source.strict,
+                        sorted(source.allow_missing))
 
     nodes: dict[str, StageNode] = {}
     final: dict[str, StageNode] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from release import stages
 from release.errors import ManifestError, did_you_mean
@@ -54,6 +54,21 @@ class Source(Strict):
         "auto", description="which copy to release when the checkpoint holds an EMA copy; auto prefers EMA")
     drop: list[str] = Field(default_factory=list, description="glob patterns of training-only parameters")
     trusted: bool = Field(False, description="allow full pickle loading (runs code from the file!)")
+    strict: bool = Field(True, description="every model parameter must come from the checkpoint; false needs "
+                                           "allow_missing")
+    allow_missing: list[str] = Field(
+        default_factory=list, description="with strict: false, glob patterns of model parameters that may be "
+                                          "absent from the checkpoint and keep the builder's (seeded) "
+                                          "initialisation, e.g. a new head; recorded in the model card")
+
+    @model_validator(mode="after")
+    def _explicit_leniency(self):
+        if not self.strict and not self.allow_missing:
+            raise ValueError("strict: false needs allow_missing: [patterns] naming what may be missing "
+                             "(leniency is never implicit)")
+        if self.strict and self.allow_missing:
+            raise ValueError("allow_missing applies with strict: false only")
+        return self
 
 
 class ModelSpec(Strict):

@@ -34,7 +34,8 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
         "variant": report["selected"], "fingerprint": report["variants"][report["selected"]]["fingerprint"],
         "model_sha256": file_sha256(model),
         "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
-                   "format": source.format, "trusted": source.trusted},
+                   "format": source.format, "trusted": source.trusted, "strict": source.strict,
+                   "allow_missing": list(source.allow_missing)},
         "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},
         "data": data,
         "tools": {**tool_versions(("torch", "onnx", "onnxruntime", "pycocotools")), "release": __version__},
@@ -49,6 +50,17 @@ def _sparsity_row(row: dict) -> str:
     zipped = f"zipped {row['zipped_mb']:.3f} MB; " if row.get("zipped_mb") is not None else ""
     return (f"| zeros among conv/linear weights | {row['sparsity']:.1%} ({zipped}the dense file does not "
             f"shrink from sparsity alone) |\n")
+
+
+def _strip_notes(stage_facts: dict) -> str:
+    """Model-card lines for weights that did not come from the checkpoint (strict: false)."""
+    lines = []
+    for facts in stage_facts.values():
+        filled = facts.get("from_builder") or []
+        if filled:
+            lines.append(f"- **Not from the checkpoint**: {len(filled)} parameter(s) kept the builder's "
+                         f"initialisation (`source.strict: false`, `allow_missing`): {', '.join(filled)}.")
+    return "\n".join(lines)
 
 
 def _card(report: dict, lock: dict) -> str:
@@ -84,7 +96,7 @@ Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 {checks}
 
 ## Provenance
-- Source checkpoint `{lock['source']['checkpoint']}` (sha256 `{lock['source']['sha256'][:16]}…`), format
+{_strip_notes(row.get('stage_facts', {})) + chr(10) if _strip_notes(row.get('stage_facts', {})) else ''}- Source checkpoint `{lock['source']['checkpoint']}` (sha256 `{lock['source']['sha256'][:16]}…`), format
   `{lock['source']['format']}`, trusted pickle loading: **{lock['source']['trusted']}**.
 - Evaluated on `{lock['data'].get('eval', {}).get('annotations', '?')}`.
 - Tools: {', '.join(f'{k} {v}' for k, v in lock['tools'].items())}.

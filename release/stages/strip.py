@@ -38,9 +38,24 @@ def run(ctx: StageContext) -> dict:
     del obj
     state, dropped = checkpoint.drop(state, source.drop, ctx.input)
 
+    import fnmatch
+
+    import torch
+
+    torch.manual_seed(0)  # what allow_missing leaves at initialisation is the same in every build
     expected = build_model(ctx.manifest.model).state_dict()
+    from_builder = sorted(k for k in expected if k not in state
+                          and any(fnmatch.fnmatchcase(k, pat) for pat in source.allow_missing))
+    if from_builder:
+        ctx.log(f"strip: {len(from_builder)} parameter(s) are not in the checkpoint and keep the builder's "
+                f"initialisation (source.allow_missing): {', '.join(from_builder[:6])}"
+                f"{' ...' if len(from_builder) > 6 else ''}")
+        state = {**state, **{k: expected[k] for k in from_builder}}
     report = checkpoint.mismatch_report(state, expected, ctx.input)
     if report:
+        if not source.strict:
+            report += ("\n  (source.strict is false: what is still missing is not covered by source.allow_missing "
+                       f"{source.allow_missing})")
         raise CheckpointError(report)
     bad = [k for k, v in state.items() if v.dtype != expected[k].dtype and not
            (v.is_floating_point() and expected[k].is_floating_point())]
@@ -62,7 +77,7 @@ def run(ctx: StageContext) -> dict:
     return {
         **facts, "dropped": dropped, "tensors": len(out), "parameters": params,
         "bytes_before": size_before, "bytes_after": size_after,
-        "ratio": round(size_before / size_after, 3), "trusted": source.trusted,
+        "ratio": round(size_before / size_after, 3), "trusted": source.trusted, "from_builder": from_builder,
         "seconds": round(time.perf_counter() - started, 3),
     }
 

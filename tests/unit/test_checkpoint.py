@@ -88,10 +88,22 @@ def test_mismatch_report_lists_missing_unexpected_and_shapes(tmp_path):
     state["2.wieght"] = state.pop("2.weight")
     state["0.bias"] = torch.zeros(7)
     report = checkpoint.mismatch_report(state, expected, tmp_path / "c.pt")
-    assert "1 missing from the checkpoint" in report and "2.weight  (closest: 2.wieght)" in report
+    assert "1 missing from the checkpoint, in 1 module:" in report and "    2: weight  (closest: 2.wieght)" in report
     assert "1 unexpected in the checkpoint" in report
     assert "0.bias: checkpoint (7,), model (4,)" in report
     assert checkpoint.mismatch_report(expected, expected, tmp_path) is None
+
+
+def test_keys_are_grouped_by_module_and_renamed_modules_are_named(tmp_path):
+    expected = {f"head.cls.{leaf}": torch.zeros(3) for leaf in ("weight", "bias")}
+    expected.update({f"backbone.{i}.weight": torch.zeros(4) for i in range(30)})
+    state = {k.replace("head.cls.", "head.classifier."): v for k, v in expected.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    report = checkpoint.mismatch_report(state, expected, tmp_path / "c.pt")
+    assert "(0 of 32 parameters match)" in report
+    assert "32 missing from the checkpoint, in 31 modules:" in report and "    head.cls: weight, bias" in report
+    assert "... and 11 more modules" in report
+    assert "'head.classifier' -> 'head.cls'" in report and "Renamed modules?" in report
 
 
 def test_prefix_hint(tmp_path):

@@ -154,3 +154,36 @@ def test_inspect_shows_a_yolov5_file_when_trusted(raw, tmp_path):
     assert info["other_copies"] == ["model"] and "ema.stem" in info["groups"]
     assert info["groups"]["ema.stem"]["dtypes"] == ["float16", "int64"]
     assert "loaded as trusted" in inspection.render(info)
+
+
+def test_strict_false_needs_an_allow_list_and_is_recorded(tiny_project, raw, tmp_path):
+    from release.errors import CheckpointError, ManifestError
+    from release.publish import _strip_notes
+
+    state, aux, _ = raw
+    partial = {k: v for k, v in state.items() if not k.startswith("heatmap.2.")}  # a new head, e.g. other classes
+    path = tmp_path / "partial.pth"
+    torch.save(partial, path)
+    doc = tiny_manifest_dict()
+    doc.pop("demo")
+
+    def strip_with(**source):
+        doc["source"] = {"checkpoint": str(path), **source}
+        manifest = manifests.load(write_manifest(tmp_path, doc, "partial.yaml"), tmp_path)
+        out = tmp_path / f"strip{len(list(tmp_path.glob('strip*')))}"
+        out.mkdir()
+        ctx = StageContext(input=path, out_dir=out, params=strip.Params(), manifest=manifest, log=lambda m: None,
+                           spec_produces="weights")
+        return strip.run(ctx), ctx
+
+    with pytest.raises(CheckpointError, match="2 missing from the checkpoint"):
+        strip_with()  # strict by default: the missing head is an error with the key report
+    with pytest.raises(ManifestError, match="strict: false needs allow_missing"):
+        strip_with(strict=False)
+    with pytest.raises(CheckpointError, match="heatmap.2: weight, bias(.|\n)*not covered by source.allow_missing"):
+        strip_with(strict=False, allow_missing=["size.*"])  # the allow-list must cover what is missing
+    facts, ctx = strip_with(strict=False, allow_missing=["heatmap.2.*"])
+    assert facts["from_builder"] == ["heatmap.2.bias", "heatmap.2.weight"]
+    load_weights(ctx.manifest.model, ctx.output)  # complete: loads strictly
+    note = _strip_notes({"0.strip": facts})
+    assert "heatmap.2.bias, heatmap.2.weight" in note and "builder's initialisation" in note
