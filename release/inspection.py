@@ -3,7 +3,7 @@
 Read-only, and as safe as `strip`: pickles are loaded with `weights_only=True` unless trust is given
 (`--trusted`, or a manifest whose source says `trusted: true`), so inspecting a file never runs code
 from it. The answer to "why is my file 12x the official one" in one screen: the format, the
-top-level keys with the bytes they hold, the tensors grouped by prefix with parameter counts, the
+top-level keys with the bytes they hold, the tensors grouped by prefix with value counts, the
 training-only content found, and the size of the weights that `strip` would keep.
 """
 
@@ -70,10 +70,10 @@ def inspect(path: Path, fmt: str = "auto", trusted: bool = False, weights: str =
     if drop:
         kept, dropped = checkpoint.drop(kept, drop, path)
     kept_bytes = sum(_nbytes(t) for _, t in _tensors(kept))
-    training = [k for k in keys if k["key"] in checkpoint.TRAINING_KEYS or k["key"] in facts.get("training_keys", [])
-                and k["key"] != "state_dict"]
-    own = facts["prefix"].rstrip(".") or ("ema" if fmt == "yolov5" and facts["copy"] == "ema" else
-                                          "model" if fmt == "yolov5" else "")
+    beside = set(checkpoint.TRAINING_KEYS) | set(facts.get("training_keys", []))
+    training = [k for k in keys if k["key"] in beside and k["key"] != "state_dict"]
+    # The copy strip keeps: a key prefix (avg_model.), or for pickled modules the 'ema'/'model' entry.
+    own = facts["prefix"].rstrip(".") or ({"ema": "ema", "raw": "model"}[facts["copy"]] if fmt == "yolov5" else "")
     other_copy = [g for g in groups if own and not g.startswith(own)]
     return {
         "path": str(path), "format": fmt, "bytes": size, "keys": keys,
@@ -108,7 +108,7 @@ def render(info: dict) -> str:
     if info["dropped"]:
         found.append(f"{len(info['dropped'])} tensors matched source.drop, e.g. {info['dropped'][0]}")
     lines += ["", "training-only content:"] + [f"  {f}" for f in found or ["none found"]]
-    lines += ["", f"strip would keep {info['kept_tensors']} tensors, {info['kept_parameters']:,} parameters, "
+    lines += ["", f"strip would keep {info['kept_tensors']} tensors, {info['kept_parameters']:,} values, "
                   f"{info['kept_bytes'] / MB:.2f} MB: it saves {info['saving_bytes'] / MB:.2f} MB "
                   f"({info['bytes'] / max(info['kept_bytes'], 1):.1f}x smaller)"]
     return "\n".join(lines)
