@@ -97,10 +97,8 @@ def main() -> int:
             continue
         own = [(records[fp]["stage"], records[fp]["seconds"]) for fp in chain[1:] if fp in records]
         node = plan.final[variant]
-        measured = 0.0
-        for path in (plan.map_file(node),):
-            if path.is_file():
-                measured += json.loads(path.read_text()).get("seconds", 0.0)
+        map_file = plan.map_file(node)
+        measured = json.loads(map_file.read_text()).get("seconds", 0.0) if map_file.is_file() else 0.0
         total = sum(s for _, s in own)
         detail = ", ".join(f"{s} {sec:.1f} s" for s, sec in own)
         print(f"  {variant:<16} {total:6.1f} s  ({detail}; mAP measurement {measured:.1f} s)")

@@ -179,6 +179,16 @@ def sparsity(model) -> dict:
     return {"weights": total, "zeros": zeros, "sparsity": round(zeros / total, 6) if total else 0.0}
 
 
+def output_shapes(model, input_shape) -> list[list[int]]:
+    """Shapes of every tensor the model outputs (tuples, dicts, nested) for a zero input."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    with torch.no_grad():
+        outputs = model.eval()(torch.zeros(tuple(input_shape)))
+    return [list(t.shape) for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
+
+
 def output_layers(model, input_shape) -> list[str]:
     """Names of the last Conv/Linear layers before each model output (a detector's head outputs).
 
@@ -212,15 +222,13 @@ def output_layers(model, input_shape) -> list[str]:
         seen.add(fn)
         kind = type(fn).__name__
         if kind.startswith(("Convolution", "Addmm", "Mm", "Linear")):
-            for child, _ in fn.next_functions:
-                variable = getattr(child, "variable", None)
-                if variable is not None and id(variable) in by_param and by_param[id(variable)] not in found:
-                    found.append(by_param[id(variable)])
-                # A transposed weight (Linear's t()) sits one step further back.
-                for grandchild, _ in getattr(child, "next_functions", ()):
-                    variable = getattr(grandchild, "variable", None)
-                    if variable is not None and id(variable) in by_param and by_param[id(variable)] not in found:
-                        found.append(by_param[id(variable)])
+            # The weight is an input of the op, or one step further back (Linear's transposed t()).
+            near = [child for child, _ in fn.next_functions]
+            near += [g for child in near for g, _ in getattr(child, "next_functions", ())]
+            for node in near:
+                layer = by_param.get(id(getattr(node, "variable", None)))
+                if layer is not None and layer not in found:
+                    found.append(layer)
             continue
         stack.extend(child for child, _ in fn.next_functions)
     return found

@@ -77,11 +77,8 @@ def build_student(params, manifest):
 
 
 def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
     from release.errors import ReleaseError
-    from release.model import load_adapter
+    from release.model import load_adapter, output_shapes
 
     problems = []
     try:
@@ -89,16 +86,12 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
     except ReleaseError as exc:
         field, _, message = str(exc).partition(": ")
         return [(tuple(field.split(".")), message)]
-    x = torch.zeros(tuple(manifest.model.input_shape))
-    with torch.no_grad():
-        t_out = model.eval()(x)
-        try:
-            s_out = student(x)
-        except Exception as exc:  # noqa: BLE001 - a student that cannot take the model's input
-            return [(("student",), f"the student fails on an input of model.input_shape "
-                                   f"{list(manifest.model.input_shape)}: {type(exc).__name__}: {exc}")]
-    t_shapes = [list(t.shape) for t in tree_leaves(t_out) if isinstance(t, torch.Tensor)]
-    s_shapes = [list(s.shape) for s in tree_leaves(s_out) if isinstance(s, torch.Tensor)]
+    t_shapes = output_shapes(model, manifest.model.input_shape)
+    try:
+        s_shapes = output_shapes(student, manifest.model.input_shape)
+    except Exception as exc:  # noqa: BLE001 - a student that cannot take the model's input
+        return [(("student",), f"the student fails on an input of model.input_shape "
+                               f"{list(manifest.model.input_shape)}: {type(exc).__name__}: {exc}")]
     if t_shapes != s_shapes:
         problems.append((("student",), f"the student's outputs {s_shapes} do not match the teacher's {t_shapes}; "
                                        f"distillation compares them one to one. Give the student the teacher's "

@@ -73,15 +73,6 @@ def _prunable(model) -> dict:
             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))}
 
 
-def _output_shapes(model, input_shape) -> list[list[int]]:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    with torch.no_grad():
-        return [list(t.shape) for t in tree_leaves(model.eval()(torch.zeros(tuple(input_shape))))
-                if isinstance(t, torch.Tensor)]
-
-
 def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.errors import closest
 
@@ -220,7 +211,7 @@ def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
 
 def run(ctx: StageContext) -> dict:
     from release.errors import ManifestError, ReleaseError
-    from release.model import builder_of, complexity, load_weights, output_layers, save_weights
+    from release.model import builder_of, complexity, load_weights, output_layers, output_shapes, save_weights
 
     spec, p = ctx.manifest.model, ctx.params
     model = load_weights(spec, ctx.input)
@@ -232,7 +223,7 @@ def run(ctx: StageContext) -> dict:
     if not outputs and not p.keep:
         raise ReleaseError("prune: found no Conv/Linear layer before the model's outputs, so the head output "
                            "layers cannot be kept whole automatically; name them in prune.keep")
-    shapes_before = _output_shapes(model, spec.input_shape)
+    shapes_before = output_shapes(model, spec.input_shape)
     names = list(_prunable(model))
     kept = [n for n in names if n in outputs or any(fnmatchcase(n, k) for k in p.keep)]
     amounts = _amounts(p, names, set(kept))
@@ -241,10 +232,10 @@ def run(ctx: StageContext) -> dict:
     else:
         facts = _magnitude(model, p, amounts, kept)
     after = complexity(model, spec.input_shape)
-    if _output_shapes(model, spec.input_shape) != shapes_before:
-        raise ReleaseError(f"prune: the model's output shapes changed ({shapes_before} -> "
-                           f"{_output_shapes(model, spec.input_shape)}); add the layers that produce the "
-                           f"outputs to prune.keep")
+    shapes_after = output_shapes(model, spec.input_shape)
+    if shapes_after != shapes_before:
+        raise ReleaseError(f"prune: the model's output shapes changed ({shapes_before} -> {shapes_after}); "
+                           f"add the layers that produce the outputs to prune.keep")
     builder, kwargs = builder_of(spec, ctx.input)
     # `sparse` tells finetune to keep these zeros; a channel-pruned network is dense.
     save_weights(model, ctx.output, builder=builder, kwargs=kwargs,
