@@ -61,7 +61,8 @@ def run(ctx: StageContext) -> dict:
            (v.is_floating_point() and expected[k].is_floating_point())]
     if bad:
         raise CheckpointError(f"{ctx.input}: {len(bad)} tensor(s) have the wrong dtype, e.g. {bad[0]}: "
-                              f"{state[bad[0]].dtype}, model expects {expected[bad[0]].dtype}.")
+                              f"{state[bad[0]].dtype}, model expects {expected[bad[0]].dtype}. A quantized or "
+                              f"damaged file? Give the float checkpoint the model was trained as.")
     out = {}
     for key, ref in expected.items():
         tensor = state[key].detach().to(ref.dtype).contiguous()

@@ -128,6 +128,49 @@ def test_a_pickled_module_checkpoint_is_refused_without_trust(tiny_project, raw,
     assert "source.trusted: true" in str(err.value) and "CenterNet" in str(err.value)
 
 
+def test_strip_to_float16_storage_halves_the_file_and_keeps_the_map(tiny_project, raw, tmp_path):
+    """YOLOv5's strip_optimizer stores fp16; strip's dtype: float16 does the same for any format."""
+    state, aux, raw_map = raw
+    path, fields = _write("yolov5", tmp_path, state, aux)
+    doc = tiny_manifest_dict()
+    doc.pop("demo")
+    doc["source"] = {"checkpoint": str(path), **fields}
+    manifest = manifests.load(write_manifest(tiny_project.root, doc, "fp16.yaml"), tiny_project.root)
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        out.mkdir()
+        ctx = StageContext(input=path, out_dir=out, params=strip.Params(dtype=dtype), manifest=manifest,
+                           log=lambda m: None, spec_produces="weights")
+        sizes[dtype] = strip.run(ctx)["bytes_after"]
+        stored = load_file(str(ctx.output))
+        assert {str(v.dtype) for v in stored.values() if v.is_floating_point()} == {f"torch.{dtype}"}
+    assert sizes["float16"] < 0.55 * sizes["float32"]
+    assert _map(tiny_project, manifest, ctx.output, tmp_path / "map") == pytest.approx(raw_map, abs=0.01)
+
+
+def test_weights_of_the_wrong_dtype_give_one_clear_line(tiny_project, raw, tmp_path):
+    from release.errors import CheckpointError
+
+    state, aux, _ = raw
+    bad = {k: v.clone() for k, v in state.items()}
+    name = next(k for k, v in bad.items() if v.is_floating_point() and v.dim() == 4)
+    bad[name] = bad[name].mul(127).round().to(torch.int8)  # an int8 tensor where the model has float32
+    path, _ = _write("state_dict", tmp_path, bad, aux)
+    doc = tiny_manifest_dict()
+    doc.pop("demo")
+    doc["source"] = {"checkpoint": str(path)}
+    manifest = manifests.load(write_manifest(tiny_project.root, doc, "int8.yaml"), tiny_project.root)
+    out = tmp_path / "strip"
+    out.mkdir()
+    ctx = StageContext(input=path, out_dir=out, params=strip.Params(), manifest=manifest, log=lambda m: None,
+                       spec_produces="weights")
+    with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) have the wrong dtype, e.g. {name}: torch.int8, "
+                                              r"model expects torch.float32.*float checkpoint") as err:
+        strip.run(ctx)
+    assert len(str(err.value).splitlines()) == 1
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
 def test_a_truncated_file_gives_one_clear_line(raw, tmp_path, fmt):
     from release import checkpoint
