@@ -25,9 +25,34 @@ def judge(row: dict, budget: dict) -> list[dict]:
             continue
         value = row[figure]
         margin = (limit - value) if direction == "max" else (value - limit)
-        checks.append({"budget": key, "label": label, "unit": unit, "value": value, "limit": limit,
-                       "direction": direction, "margin": margin, "pass": margin >= 0})
+        check = {"budget": key, "label": label, "unit": unit, "value": value, "limit": limit,
+                 "direction": direction, "margin": margin, "pass": margin >= 0}
+        if key == "latency_ms":
+            check["provenance"] = source = row["latency"].get("provenance", "host")
+            if budget.get("latency_from") == "device" and source != "device":
+                check.update({"pass": False, "reason": f"{source} figure; budget.latency_from: device "
+                                                        f"needs one measured on the target"})
+        checks.append(check)
     return checks
+
+
+def latency_provenance(rows: dict[str, dict], target: dict) -> str:
+    """One sentence: where the latency figures of this build come from."""
+    if not rows:
+        return ""
+    lat = next(iter(rows.values()))["latency"]
+    what = f"{target['name']}" + (f" ({target['description']})" if target.get("description") else "")
+    threads = f"{lat['threads']} thread{'s' * (lat['threads'] != 1)}"
+    source = lat.get("provenance", "host")
+    if source == "device":
+        return (f"latency: measured on the target {what} via {lat['runner']}: {lat.get('cpu')}, "
+                f"{lat.get('cores')} cores, onnxruntime {lat.get('onnxruntime')}, {threads}")
+    here = f"this host ({lat.get('host_cpu')}, {lat.get('host_cores')} cores, onnxruntime {lat.get('onnxruntime')})"
+    if source == "estimate":
+        return (f"latency: ESTIMATED for the target {what}: {here} with {threads}, times target.speed_ratio "
+                f"{target.get('speed_ratio')}; not measured on the device")
+    return (f"latency: measured on {here} with {threads}, local runner; NOT on the target {what}: the latency "
+            f"budget is checked against a host figure")
 
 
 def select(rows: dict[str, dict], rule: str) -> str | None:
@@ -47,19 +72,24 @@ def _fmt(value: float, unit: str) -> str:
 def table(report: dict) -> str:
     """The gate table as fixed-width text (also valid inside a markdown code block)."""
     budget = report["budget"]
-    header = ["variant", "size MB", "latency ms", "mAP", "mAP@.5", "MMACs"]
+    header = ["variant", "size MB", "latency ms", "measured", "mAP", "mAP@.5", "MMACs"]
     for key, _, direction, label, unit in CHECKS:
         if budget.get(key) is not None:
             header.append(f"{label} {'<=' if direction == 'max' else '>='} {_fmt(budget[key], unit)}")
     header.append("result")
     lines = [header]
     for name, row in report["variants"].items():
+        lat = row["latency"]
         cells = [name + (" *" if name == report.get("selected") else ""), f"{row['size_mb']:.3f}",
-                 f"{row['latency_ms']:.2f}", f"{row['map']:.3f}", f"{row['map50']:.3f}",
-                 f"{row['macs'] / 1e6:.1f}" if row.get("macs") else "-"]
+                 f"{row['latency_ms']:.2f}", lat.get("provenance", "host") + (" noisy" if lat.get("noisy") else ""),
+                 f"{row['map']:.3f}", f"{row['map50']:.3f}", f"{row['macs'] / 1e6:.1f}" if row.get("macs") else "-"]
         for check in row["checks"]:
             sign = "+" if check["margin"] >= 0 else "-"
-            cells.append(f"{'pass' if check['pass'] else 'FAIL'} {sign}{_fmt(abs(check['margin']), check['unit'])}")
+            verdict = "pass" if check["pass"] else "FAIL"
+            if check.get("reason"):  # failed for where it was measured, whatever the margin
+                cells.append(f"{verdict} {check['provenance']} figure")
+                continue
+            cells.append(f"{verdict} {sign}{_fmt(abs(check['margin']), check['unit'])}")
         cells.append("pass" if row["pass"] else "FAIL")
         lines.append(cells)
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
@@ -69,6 +99,16 @@ def table(report: dict) -> str:
     notes = ["margins: + is headroom, - is how far a budget was missed"]
     if latency:
         notes.append(latency)
+    seen = set()
+    for name, row in report["variants"].items():
+        for note in row["latency"].get("notes", []):
+            if note.startswith("noisy"):
+                notes.append(f"{name}: latency {note}")
+            elif note not in seen:
+                seen.add(note)
+                notes.append(f"latency: {note}")
+    if budget.get("latency_from") == "device":
+        notes.append("budget.latency_from: device — a latency figure not measured on the target fails the gate")
     for name, row in report["variants"].items():
         if (row.get("sparsity") or 0) >= SPARSE:
             zipped = f"; zipped it is {row['zipped_mb']:.3f} MB" if row.get("zipped_mb") is not None else ""
@@ -92,7 +132,8 @@ def missed(report: dict) -> str:
     for name, row in report["variants"].items():
         misses = [f"{c['label']} {_fmt(c['value'], c['unit'])}{c['unit'] and ' ' + c['unit']} vs "
                   f"{'max' if c['direction'] == 'max' else 'min'} {_fmt(c['limit'], c['unit'])} "
-                  f"(by {_fmt(abs(c['margin']), c['unit'])})" for c in row["checks"] if not c["pass"]]
+                  + (f"({c['reason']})" if c.get("reason") else f"(by {_fmt(abs(c['margin']), c['unit'])})")
+                  for c in row["checks"] if not c["pass"]]
         if misses:
             out.append(f"  {name}: " + "; ".join(misses))
     return "\n".join(out)

@@ -99,9 +99,13 @@ class Plan:
                       code_hash(("release.measure.accuracy", "release.data", "release.model")))
 
     def latency_key(self, node: StageNode) -> str:
-        t, m = self.manifest.target, self.manifest.measure
-        return digest("latency", node.fingerprint, t.threads, t.runner, m.warmup, m.runs,
-                      tool_versions(("onnxruntime",)), code_hash(("release.measure.latency",)))
+        # The whole resolved profile (runner, threads, provider, options, ...) and the measure
+        # settings: a change to any of them re-measures. A device's own onnxruntime is not known
+        # here; its version is recorded in the figure.
+        return digest("latency", node.fingerprint, self.manifest.device, self.manifest.measure.model_dump(mode="json"),
+                      tool_versions(("onnxruntime",)),
+                      code_hash(("release.measure.latency", "release.measure.bench", "release.measure.remote",
+                                 "release.targets")))
 
 
 def code_hash(modules: tuple[str, ...]) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from release import stages
 from release.errors import ManifestError, did_you_mean
+from release.targets import Profile
 
 SCHEMA_VERSION = 1
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -86,21 +87,28 @@ class ModelSpec(Strict):
         return v
 
 
-class Target(Strict):
-    name: str = Field(description="device profile name, e.g. rpi4")
-    threads: int = Field(gt=0, description="ONNX Runtime intra-op threads to measure latency with")
-    runner: Literal["local"] = Field("local", description="where latency is measured")
+class Target(Profile):
+    """A profile by name (built in, or under `targets:`), with any of its fields overridden here."""
+
+    name: str = Field(description="device profile: rpi4, rpi5, jetson-orin-cpu, x86-avx2, host, or one "
+                                  "defined under `targets:`")
 
 
 class Budget(Strict):
     size_mb: float | None = Field(None, gt=0, description="max size of the deployable file(s), MB = 10^6 bytes")
     latency_ms: float | None = Field(None, gt=0, description="max median latency on the target")
     min_map: float | None = Field(None, ge=0, le=1, description="min COCO mAP@[.5:.95] of the ONNX artifact on data.eval")
+    latency_from: Literal["any", "device"] = Field(
+        "any", description="device: the latency budget passes only on a figure measured on the target "
+                           "(ssh runner); a host figure or an estimate fails it")
 
 
 class Measure(Strict):
     warmup: int = Field(10, ge=0, description="untimed runs before timing")
     runs: int = Field(50, ge=30, description="timed runs; the median and p90 are reported")
+    max_cv: float = Field(0.1, gt=0, description="a round whose coefficient of variation is above this is "
+                                                 "measured again; the figure is marked noisy if it stays above")
+    rounds: int = Field(3, ge=1, le=10, description="most rounds of `runs` timings per measurement")
 
 
 class Tracking(Strict):
@@ -134,6 +142,7 @@ class Manifest(Strict):
     model: ModelSpec
     data: Data
     target: Target
+    targets: dict[str, Profile] = Field(default_factory=dict, description="your own device profiles, by name")
     budget: Budget = Budget()
     measure: Measure = Measure()
     # Steps are checked by _parse_variants, which knows the stages and reports each problem once.
@@ -144,6 +153,7 @@ class Manifest(Strict):
 
     _path: Path = PrivateAttr(default=None)
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)
+    _device: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("schema_version")
     @classmethod
@@ -155,6 +165,11 @@ class Manifest(Strict):
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def device(self) -> dict:
+        """The target profile resolved: built-in or `targets:` profile plus target's overrides."""
+        return self._device
 
     @property
     def pipelines(self) -> dict[str, list[tuple[str, Any]]]:
@@ -372,6 +387,12 @@ def load(path: Path, root: Path | None = None) -> Manifest:
     manifest._path = path
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)
+    from release import targets
+
+    overrides = {k: getattr(manifest.target, k) for k in manifest.target.model_fields_set if k != "name"}
+    manifest._device, problem = targets.resolve(manifest.target.name, overrides, manifest.targets)
+    if problem:
+        problems.add(("target", "name"), problem)
     problems.raise_if_any()
     return manifest
 

@@ -71,7 +71,8 @@ def _card(report: dict, lock: dict) -> str:
         s["stage"] + (f"({', '.join(f'{k}={v}' for k, v in s['params'].items())})" if s["params"] else "")
         for s in row["stages"])
     checks = "\n".join(f"| {c['label']} | {c['value']:.4g} {c['unit']} | {'<=' if c['direction'] == 'max' else '>='} "
-                       f"{c['limit']:.4g} | {c['margin']:+.4g} | {'pass' if c['pass'] else 'FAIL'} |"
+                       f"{c['limit']:.4g} | {c['margin']:+.4g} | {'pass' if c['pass'] else 'FAIL'}"
+                       f"{' (' + c['reason'] + ')' if c.get('reason') else ''} |"
                        for c in row["checks"]) or "| (no budgets) | | | | |"
     return f"""# {report['name']} {report['version']} — model card
 

@@ -134,10 +134,11 @@ def measure_map(job: dict) -> None:
 def measure_latency(job: dict) -> None:
     from release.measure import latency
 
-    result = latency.measure(Path(job["model"]), job["threads"], job["warmup"], job["runs"])
-    result["target"] = job["target"]
-    _log(f"latency p50 {result['p50_ms']:.2f} ms  p90 {result['p90_ms']:.2f} ms  ({result['threads']} threads"
-         f", {result['runner']} runner on {result['host_cpu']})")
+    result = latency.measure(Path(job["model"]), job["device"], job["measure"])
+    result["target"] = job["device"]["name"]
+    _log(f"latency p50 {result['p50_ms']:.2f} ms  p90 {result['p90_ms']:.2f} ms  CV {result['cv']:.2f}  "
+         f"({result['provenance']}: {result['cpu']}, {result['threads']} threads, {result['runner']} runner)"
+         + (f"  [{result['note']}]" if result["note"] else ""))
     write_json(Path(job["out"]), result)
 
 
@@ -168,9 +169,7 @@ def gate(job: dict) -> None:
         row["checks"] = gates.judge(row, job["budget"])
         row["pass"] = all(c["pass"] for c in row["checks"])
         rows[name] = row
-    lat0 = next(iter(rows.values()))["latency"]
-    provenance = (f"latency: measured on this host ({lat0['host_cpu']}, {lat0['host_cores']} cores) with "
-                  f"{lat0['threads']} threads, {lat0['runner']} runner; NOT on the target '{job['target']['name']}'")
+    provenance = gates.latency_provenance(rows, job["target"])
     report = {
         "schema_version": RECORD_SCHEMA, "name": job["name"], "version": job["version"],
         "target": job["target"], "budget": job["budget"], "select": job["select"],

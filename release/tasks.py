@@ -107,12 +107,13 @@ def measure_tasks(plan: Plan):
             "file_dep": _rel(plan, [model, manifest.data.eval.annotations]), "targets": _rel(plan, [plan.map_file(node)]),
             "clean": True, "verbosity": 2,
         }
+        device = manifest.device
         yield {
-            "name": f"latency@{tag[:10]}", "doc": f"latency with {manifest.target.threads} threads, local runner",
+            "name": f"latency@{tag[:10]}",
+            "doc": f"latency on {device['name']} with {device['threads']} threads, {device['runner']} runner",
             "actions": [(runner.measure_latency, [_job(
-                plan, model=model, out=str(plan.latency_file(node)), threads=manifest.target.threads,
-                warmup=manifest.measure.warmup, runs=manifest.measure.runs,
-                target=manifest.target.model_dump(mode="json"))])],
+                plan, model=model, out=str(plan.latency_file(node)), device=device,
+                measure=manifest.measure.model_dump(mode="json"))])],
             "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
             "task_dep": busy + previous, "verbosity": 2,
         }
@@ -135,7 +136,7 @@ def gate_task(plan: Plan) -> dict:
         for name, node in plan.final.items()
     }
     job = _job(plan, name=m.name, version=m.version, budget=m.budget.model_dump(mode="json"), select=m.select,
-               target=m.target.model_dump(mode="json"), variants=variants, **_report_paths(plan))
+               target=m.device, variants=variants, **_report_paths(plan))
     deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
     return {
         "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",

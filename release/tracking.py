@@ -116,6 +116,8 @@ def variant_metrics(report: dict, name: str) -> dict[str, float]:
     row = report["variants"][name]
     metrics = {"size_mb": row["size_mb"], "latency_p50_ms": row["latency_ms"],
                "latency_p90_ms": row["latency_p90_ms"], "map": row["map"], "map50": row["map50"]}
+    if row["latency"].get("cv") is not None:
+        metrics["latency_cv"] = float(row["latency"]["cv"])
     base = baseline(report)
     if base is not None:
         metrics["map_delta_vs_fp32"] = row["map"] - report["variants"][base]["map"]
@@ -132,6 +134,8 @@ def variant_tags(report: dict, name: str) -> dict[str, str]:
     lat = row["latency"]
     tags = {"fingerprint": row["fingerprint"], "variant": name, "target": report["target"]["name"],
             "runner": lat["runner"], "latency_provenance": lat["provenance"],
+            "latency_cpu": str(lat.get("cpu") or lat.get("host_cpu")), "latency_onnxruntime": str(lat.get("onnxruntime")),
+            "latency_noisy": str(bool(lat.get("noisy"))).lower(),
             "release.pass": "pass" if row["pass"] else "fail"}
     for check in row["checks"]:
         tags[f"budget.{check['budget']}"] = "pass" if check["pass"] else "fail"

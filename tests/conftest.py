@@ -92,3 +92,14 @@ def copy_project(src: Path, dst: Path) -> Path:
 def executed(output: str) -> list[str]:
     """Task names doit ran (it prints '.  name' for a run and '-- name' for an up-to-date one)."""
     return [line.split(None, 1)[1].strip() for line in output.splitlines() if line.startswith(".  ")]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on a free loopback port (see tests/sshd.py)."""
+    from tests.sshd import SSHD, running_sshd
+
+    if not Path(SSHD).exists():
+        pytest.skip("Debian's openssh-server is not installed (apt-get install openssh-server; .ci/run does)")
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

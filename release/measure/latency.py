@@ -1,95 +1,96 @@
-"""Latency of an ONNX model through ONNX Runtime, measured in a fresh process.
+"""Latency of an ONNX model on the target profile's runner, with where the figure comes from.
 
-The worker runs as `python -m release.measure.latency MODEL --threads N ...` so that the build
-process's own imports and thread pools (torch's, a parallel doit worker's) do not distort the
-figure. It prints one JSON object; `measure` runs it and returns that object.
+- local: `bench.py` in a fresh process of this Python with the target's thread count (and
+  OMP_NUM_THREADS), so that the build process's own imports and thread pools (torch's, a parallel
+  doit worker's) do not distort the figure;
+- ssh://: the same `bench.py` on the device (release/measure/remote.py);
+- estimate: a local figure times the profile's speed_ratio.
+
+Every result carries `provenance` (host, device or estimate), the CPU it was measured on, the
+onnxruntime version there, and notes on anything that makes the figure less than it seems.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from release.errors import ReleaseError
+from release.measure import bench
+from release.targets import provenance
+
+BENCH = Path(bench.__file__)
+MS_FIELDS = ("p50_ms", "p90_ms", "min_ms", "max_ms", "mean_ms")
 
 
 def host_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return bench.cpu_model()
 
 
-def measure(model: Path, threads: int, warmup: int = 10, runs: int = 50, timeout: float = 600) -> dict:
-    cmd = [sys.executable, "-m", "release.measure.latency", str(model), "--threads", str(threads),
-           "--warmup", str(warmup), "--runs", str(runs)]
+def local(model: Path, threads: int, *, warmup: int = 10, runs: int = 50, provider: str = "CPUExecutionProvider",
+          session_options: dict | None = None, max_cv: float = 0.1, rounds: int = 3, timeout: float = 600) -> dict:
+    """bench.py in a fresh process of this Python, pinned to `threads`."""
+    cmd = [sys.executable, str(BENCH), str(model), "--threads", str(threads), "--warmup", str(warmup),
+           "--runs", str(runs), "--provider", provider, "--options", json.dumps(session_options or {}),
+           "--max-cv", str(max_cv), "--rounds", str(rounds)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
-        raise ReleaseError(f"latency: {model} did not finish {runs} runs within {timeout:.0f} s.") from None
-    if done.returncode != 0:
-        raise ReleaseError(f"latency: the benchmark process failed on {model}:\n{done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise ReleaseError(f"latency: {model} did not finish {runs} runs within {timeout:.0f} s "
+                           f"(target.timeout).") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if done.returncode != 0 or not isinstance(result, dict) or "error" in result:
+        reason = (result or {}).get("error") if isinstance(result, dict) else None
+        raise ReleaseError(f"latency: the benchmark process failed on {model}: "
+                           f"{reason or done.stderr.strip()[-2000:]}")
+    return {**result, "runner": "local"}
 
 
-def _worker(model: str, threads: int, warmup: int, runs: int) -> dict:
-    import numpy as np
-    import onnxruntime as ort
+def measure(model: Path, device: dict, settings: dict) -> dict:
+    """One latency figure of `model` for the resolved target profile `device` (manifest.device) with
+    the manifest's measure settings (warmup, runs, max_cv, rounds)."""
+    args = {"threads": device["threads"], "warmup": settings["warmup"], "runs": settings["runs"],
+            "provider": device["provider"], "session_options": device["session_options"],
+            "max_cv": settings["max_cv"], "rounds": settings["rounds"]}
+    runner = device["runner"]
+    if runner.startswith("ssh://"):
+        from release.measure.remote import SshRunner
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    cores = os.cpu_count() or 1
-    if threads > cores:
-        # More threads than cores: spinning workers steal the cores the others need, and the
-        # figure becomes noise (CV 0.5-0.7 measured here). Without spinning it is stable.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    from release.measure import input_dtype
-
-    inp = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    feeds = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(input_dtype(session))}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    mean = statistics.fmean(times)
-    return {
-        "p50_ms": statistics.median(times), "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1],
-        "min_ms": min(times), "max_ms": max(times), "mean_ms": mean,
-        "cv": statistics.pstdev(times) / mean if mean else 0.0, "runs": runs, "warmup": warmup,
-        "threads": threads, "host_cores": cores, "runner": "local", "provenance": "host",
-        "host_cpu": host_cpu(), "onnxruntime": ort.__version__,
-        "note": (f"{threads} threads requested on a host with {cores} cores (thread spinning off): the "
-                 f"figure is not the target's") if threads > cores else "",
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args(argv)
-    print(json.dumps(_worker(args.model, args.threads, args.warmup, args.runs)))
-
-
-if __name__ == "__main__":
-    main()
+        ssh = SshRunner.parse(runner, python=device["python"], remote_dir=device["remote_dir"],
+                              options=tuple(device["ssh_options"]), connect_timeout=device["connect_timeout"],
+                              timeout=device["timeout"])
+        result = ssh.measure(model, **args)
+    else:
+        result = local(model, timeout=device["timeout"], **args)
+    result["provenance"] = provenance(device)
+    result["host_cpu"], result["host_cores"] = host_cpu(), os.cpu_count() or 1
+    notes = []
+    if runner == "estimate":
+        ratio = device["speed_ratio"]
+        result.update({f"host_{k}": result[k] for k in MS_FIELDS})
+        result.update({k: result[k] * ratio for k in MS_FIELDS})
+        result["runner"] = "estimate"
+        notes.append(f"estimated: this host's figure x {ratio:g} (target.speed_ratio), not a measurement")
+    if result["threads"] > result["cores"]:
+        notes.append(f"{result['threads']} threads on {result['cores']} cores (thread spinning off): the figure "
+                     f"is not the target's")
+    if result["provenance"] == "device":
+        if device.get("arch") and result.get("arch") and device["arch"] != result["arch"]:
+            notes.append(f"the device reports {result['arch']}, the '{device['name']}' profile says {device['arch']}")
+        if device.get("cores") and device["cores"] != result.get("cores"):
+            notes.append(f"the device has {result.get('cores')} cores, the '{device['name']}' profile says "
+                         f"{device['cores']}")
+    if result.get("noisy"):
+        notes.append(f"noisy: CV {result['cv']:.2f} after {result['rounds']} rounds (measure.max_cv "
+                     f"{result['max_cv']:g})")
+    result["notes"] = notes
+    result["note"] = "; ".join(notes)
+    return result

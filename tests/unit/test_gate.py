@@ -1,8 +1,11 @@
 from release import gate
 
 
-def row(size, latency, mAP):
-    return {"size_mb": size, "latency_ms": latency, "map": mAP, "map50": mAP + 0.2}
+def row(size, latency, mAP, provenance="host", notes=()):
+    return {"size_mb": size, "latency_ms": latency, "map": mAP, "map50": mAP + 0.2,
+            "latency": {"provenance": provenance, "notes": list(notes), "noisy": any(n.startswith("noisy") for n in notes),
+                        "threads": 4, "cores": 4, "cpu": "Cortex-A72", "runner": "ssh://pi@pi4",
+                        "host_cpu": "AMD EPYC", "host_cores": 2, "onnxruntime": "1.32.0"}}
 
 
 def report_for(rows, budget, rule="best_map"):
@@ -48,3 +51,38 @@ def test_nothing_passes():
     rep = report_for({"fp32": row(2.0, 20.0, 0.1)}, BUDGET)
     assert rep["selected"] is None
     assert "nothing released" in gate.table(rep)
+
+
+def test_latency_from_device_fails_a_host_figure_whatever_its_margin():
+    budget = {**BUDGET, "latency_from": "device"}
+    rep = report_for({"here": row(0.5, 2.0, 0.6), "there": row(0.5, 2.0, 0.6, "device"),
+                      "guess": row(0.5, 2.0, 0.6, "estimate")}, budget)
+    assert [rep["variants"][n]["pass"] for n in ("here", "there", "guess")] == [False, True, False]
+    assert rep["selected"] == "there"
+    text = gate.table(rep)
+    here = next(line for line in text.splitlines() if line.startswith("here"))
+    assert "FAIL host figure" in here and " host " in here
+    assert "a latency figure not measured on the target fails the gate" in text
+    assert "here: latency 2.00 ms vs max 10.00 (host figure; budget.latency_from: device" in gate.missed(rep)
+    # Without latency_from, a host figure passes on its margin, and the table says where it was taken.
+    assert report_for({"here": row(0.5, 2.0, 0.6)}, BUDGET)["selected"] == "here"
+
+
+def test_provenance_sentence_names_where_the_figure_was_measured():
+    target = {"name": "rpi4", "description": "Raspberry Pi 4 Model B, 4x Cortex-A72", "speed_ratio": 5.0}
+    host = gate.latency_provenance({"a": row(1, 1, 1)}, target)
+    assert host.startswith("latency: measured on this host (AMD EPYC, 2 cores, onnxruntime 1.32.0)")
+    assert "NOT on the target rpi4 (Raspberry Pi 4 Model B" in host
+    device = gate.latency_provenance({"a": row(1, 1, 1, "device")}, target)
+    assert "measured on the target rpi4" in device and "via ssh://pi@pi4: Cortex-A72, 4 cores" in device
+    assert "ESTIMATED" in gate.latency_provenance({"a": row(1, 1, 1, "estimate")}, target)
+
+
+def test_noisy_figures_and_runner_notes_reach_the_table():
+    rep = report_for({"a": row(0.5, 2.0, 0.6, notes=["noisy: CV 0.31 after 3 rounds (measure.max_cv 0.1)",
+                                                     "4 threads on 2 cores (thread spinning off)"]),
+                      "b": row(0.5, 2.0, 0.6, notes=["4 threads on 2 cores (thread spinning off)"])}, BUDGET)
+    text = gate.table(rep)
+    assert "host noisy" in next(line for line in text.splitlines() if line.startswith("a"))
+    assert "a: latency noisy: CV 0.31 after 3 rounds" in text
+    assert text.count("4 threads on 2 cores") == 1

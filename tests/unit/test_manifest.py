@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,25 @@ def test_a_misspelled_builder_fails_at_validation_not_after_training(tmp_path):
     doc["model"]["builder"] = "release.demo.detectr:build"
     with pytest.raises(ManifestError, match=r"model.builder: no module 'release.demo.detectr' can be imported"):
         load_doc(tmp_path, doc)
+
+
+def test_target_profiles_resolve_with_overrides_and_your_own(tmp_path):
+    m = load_doc(tmp_path, tiny_manifest_dict(target={"name": "rpi4"}))
+    assert (m.device["threads"], m.device["arch"], m.device["runner"]) == (4, "aarch64", "local")
+    m = load_doc(tmp_path, tiny_manifest_dict(target={"name": "rpi4", "threads": 2, "runner": "ssh://pi@pi4"}))
+    assert (m.device["threads"], m.device["cores"], m.device["runner"]) == (2, 4, "ssh://pi@pi4")
+    mine = {"arch": "aarch64", "cores": 8, "session_options": {"session.intra_op.allow_spinning": "0"}}
+    m = load_doc(tmp_path, tiny_manifest_dict(target={"name": "orin-nx"}, targets={"orin-nx": mine}))
+    assert m.device["threads"] == 8 and m.device["session_options"] == mine["session_options"]
+    inline = load_doc(tmp_path, tiny_manifest_dict()).device  # no such profile, but threads given: its own
+    assert (inline["name"], inline["threads"], inline["runner"], inline["arch"]) == ("tiny-host", 1, "local", None)
+
+
+@pytest.mark.parametrize("target, expected", [
+    ({"name": "rpi44"}, "target.name: no target profile 'rpi44'. Did you mean 'rpi4'?"),
+    ({"name": "rpi4", "runner": "estimate"}, "runner: estimate needs target.speed_ratio"),
+    ({"name": "rpi4", "runner": "scp://pi@pi4"}, "a runner is local, estimate or ssh://user@host[:port]"),
+])
+def test_bad_targets_are_manifest_errors(tmp_path, target, expected):
+    with pytest.raises(ManifestError, match=re.escape(expected)):
+        load_doc(tmp_path, tiny_manifest_dict(target=target))

@@ -35,13 +35,24 @@ def test_size_counts_external_data(tmp_path):
     assert two["bytes"] > split.stat().st_size
 
 
+def device(name="tiny-host", **overrides) -> dict:
+    from release.targets import resolve
+
+    found, problem = resolve(name, {"threads": 1, **overrides} if name == "tiny-host" else overrides, {})
+    assert problem is None, problem
+    return found
+
+
+SETTINGS = {"warmup": 2, "runs": 30, "max_cv": 10.0, "rounds": 1}
+
+
 def test_latency_runs_in_a_fresh_process_with_the_requested_threads(tmp_path):
     model = export_tiny(tmp_path / "m.onnx")
-    result = latency.measure(model, threads=1, warmup=2, runs=30)
+    result = latency.measure(model, device(), SETTINGS)
     assert result["runs"] == 30 and result["threads"] == 1 and result["runner"] == "local"
     assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["max_ms"]
-    assert result["host_cpu"] and result["provenance"] == "host"
-    many = latency.measure(model, threads=64, warmup=1, runs=30)
+    assert result["host_cpu"] and result["provenance"] == "host" and result["cpu"] == result["host_cpu"]
+    many = latency.measure(model, device(threads=64), SETTINGS)
     assert "not the target's" in many["note"]  # more threads than this host has cores
 
 

@@ -1,0 +1,179 @@
+"""Latency on the device itself, over SSH.
+
+The system's OpenSSH client does the work, so the user's ~/.ssh/config, agent, keys, jump hosts and
+known_hosts apply exactly as they do for `ssh` at the prompt. Every call runs with BatchMode (never
+a password prompt), StrictHostKeyChecking (an unknown or changed host key is an error, not a
+question), a connect timeout and a timeout of its own.
+
+One measurement is three steps:
+1. list the device's cache folder (also proves the host is reachable and the login works);
+2. send what is not there yet: the model as `<sha256>.onnx` and the benchmark script as
+   `bench-<sha256>.py`, each written to a temporary name and renamed, so an interrupted copy never
+   looks complete and an unchanged model is never sent again;
+3. run the script with the device's own Python and onnxruntime and read back its JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from release.errors import ReleaseError
+
+BENCH = Path(__file__).with_name("bench.py")
+MISSING = 3  # bench.py's exit status when onnxruntime does not import
+
+
+@dataclass(frozen=True)
+class SshRunner:
+    """`ssh://user@host[:port]` and how to reach it."""
+
+    user: str | None
+    host: str
+    port: int | None = None
+    python: str = "python3"
+    remote_dir: str = ".cache/release-bench"
+    options: tuple[str, ...] = ()
+    connect_timeout: float = 10.0
+    timeout: float = 600.0
+    field_name: str = "target.runner"
+
+    @classmethod
+    def parse(cls, url: str, **kwargs) -> SshRunner:
+        match = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s\[\]]+|\[[0-9a-fA-F:]+\])(?::(\d+))?/?", url)
+        if not match:
+            raise ReleaseError(f"target.runner: '{url}' is not an SSH address. Write ssh://user@host or "
+                               f"ssh://user@host:port (or 'local').")
+        user, host, port = match.groups()
+        return cls(user=user, host=host.strip("[]"), port=int(port) if port else None, **kwargs)
+
+    @property
+    def address(self) -> str:
+        return f"ssh://{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+
+    def _ssh(self, command: str, *, stdin=None, timeout: float, what: str) -> subprocess.CompletedProcess:
+        # The user's options come first: for OpenSSH the first value given for an option wins.
+        cmd = ["ssh", *self.options, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+               "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}", "-o", "ServerAliveInterval=5",
+               "-o", "ServerAliveCountMax=3"]
+        if self.port:
+            cmd += ["-p", str(self.port)]
+        if self.user:
+            cmd += ["-l", self.user]
+        cmd += [self.host, command]
+        try:
+            done = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise ReleaseError(f"{self.field_name}: {self.address} did not finish {what} within {timeout:g} s. "
+                               f"Is the device busy or hung? Raise target.timeout if it is only slow.") from None
+        except FileNotFoundError:
+            raise ReleaseError(f"{self.field_name}: the ssh client is not installed on this machine (needed for "
+                               f"{self.address}). Install OpenSSH's client, or use runner: local.") from None
+        if done.returncode == 255:  # ssh's own failure, not the remote command's
+            raise ReleaseError(self._explain(done.stderr.decode(errors="replace")))
+        return done
+
+    def _explain(self, stderr: str) -> str:
+        where = f"{self.field_name}: {self.address}"
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "ssh failed"
+        if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+            return (f"{where}: the host key is not known or has changed ({last}). Check the device, then add its "
+                    f"key with: ssh-keyscan -p {self.port or 22} {self.host} >> ~/.ssh/known_hosts")
+        if "Permission denied" in stderr or "Too many authentication failures" in stderr:
+            return (f"{where}: login refused ({last}). The runner uses key-based login only: add your public key "
+                    f"to the device's ~/.ssh/authorized_keys, or load the key into ssh-agent / name it in "
+                    f"~/.ssh/config (IdentityFile).")
+        if any(s in stderr for s in ("Connection refused", "timed out", "No route to host", "Could not resolve",
+                                     "Network is unreachable", "Connection closed", "Connection reset")):
+            return (f"{where}: cannot reach the device ({last}). Check that it is on, that the host and port "
+                    f"are right, and that sshd runs on it.")
+        return f"{where}: ssh failed ({last})."
+
+    def _run(self, args: list[str], *, timeout: float, what: str) -> subprocess.CompletedProcess:
+        return self._ssh(" ".join(shlex.quote(a) for a in args), timeout=timeout, what=what)
+
+    def _dir(self) -> str:
+        return self.remote_dir.rstrip("/") or "."
+
+    def cached(self) -> set[str]:
+        """File names already in the device's cache folder (creating it)."""
+        d = shlex.quote(self._dir())
+        done = self._ssh(f"mkdir -p {d} && ls -1 {d}", timeout=self.connect_timeout + 20, what="listing its cache")
+        if done.returncode != 0:
+            raise ReleaseError(f"{self.field_name}: {self.address} could not create or list {self.remote_dir}: "
+                               f"{done.stderr.decode(errors='replace').strip()[-500:]}. Set target.remote_dir to "
+                               f"a writable folder.")
+        return set(done.stdout.decode(errors="replace").split())
+
+    def send(self, path: Path, name: str) -> None:
+        """Copy a file to <remote_dir>/<name> atomically (temporary name, then rename)."""
+        d = self._dir()
+        tmp, final = shlex.quote(f"{d}/.{name}.partial"), shlex.quote(f"{d}/{name}")
+        timeout = self.connect_timeout + 60 + path.stat().st_size / 250e3  # even 2 Mbit/s gets through
+        with path.open("rb") as handle:
+            done = self._ssh(f"cat > {tmp} && mv -f {tmp} {final}", stdin=handle, timeout=timeout,
+                             what=f"receiving {path.name}")
+        if done.returncode != 0:
+            raise ReleaseError(f"{self.field_name}: copying {path.name} to {self.address}:{d} failed: "
+                               f"{done.stderr.decode(errors='replace').strip()[-500:]}")
+
+    def measure(self, model: Path, *, threads: int, warmup: int, runs: int, provider: str = "CPUExecutionProvider",
+                session_options: dict | None = None, max_cv: float = 0.1, rounds: int = 3) -> dict:
+        started = time.perf_counter()
+        model_name = f"{sha256(model)}.onnx"
+        bench_name = f"bench-{sha256(BENCH)[:16]}.py"
+        present = self.cached()
+        listed = time.perf_counter()
+        sent = []
+        for path, name in ((BENCH, bench_name), (model, model_name)):
+            if name not in present:
+                self.send(path, name)
+                sent.append(path.name)
+        copied = time.perf_counter()
+        d = self._dir()
+        done = self._run([self.python, f"{d}/{bench_name}", f"{d}/{model_name}", "--threads", str(threads),
+                          "--warmup", str(warmup), "--runs", str(runs), "--provider", provider,
+                          "--options", json.dumps(session_options or {}), "--max-cv", str(max_cv),
+                          "--rounds", str(rounds)], timeout=self.timeout, what="the benchmark")
+        out = done.stdout.decode(errors="replace").strip()
+        result = _last_json(out)
+        if done.returncode == MISSING and result:
+            raise ReleaseError(f"{self.field_name}: {self.address} has no usable onnxruntime for {result.get('python_path')} "
+                               f"(Python {result.get('python')}: {result.get('error')}). Install it on the device "
+                               f"(pip install onnxruntime), or point target.python at a Python that has it.")
+        if done.returncode != 0 or result is None or "error" in result:
+            err = (result or {}).get("error") or done.stderr.decode(errors="replace").strip()[-800:] or out[-800:]
+            if done.returncode == 127:
+                err = f"'{self.python}' was not found on the device ({err}); set target.python"
+            raise ReleaseError(f"{self.field_name}: the benchmark failed on {self.address}: {err}")
+        finished = time.perf_counter()
+        result.update({"runner": self.address, "provenance": "device", "sent": sent,
+                       "overhead_s": {"list": round(listed - started, 3), "copy": round(copied - listed, 3),
+                                      "run": round(finished - copied, 3), "total": round(finished - started, 3)}})
+        return result
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
