@@ -102,7 +102,8 @@ class Plan:
         # The whole resolved profile (runner, threads, provider, options, ...) and the measure
         # settings: a change to any of them re-measures. A device's own onnxruntime is not known
         # here; its version is recorded in the figure.
-        return digest("latency", node.fingerprint, self.manifest.device, self.manifest.measure.model_dump(mode="json"),
+        what = {k: v for k, v in self.manifest.device.items() if k not in ("description", "connect_timeout", "timeout")}
+        return digest("latency", node.fingerprint, what, self.manifest.measure.model_dump(mode="json"),
                       tool_versions(("onnxruntime",)),
                       code_hash(("release.measure.latency", "release.measure.bench", "release.measure.remote",
                                  "release.targets")))

@@ -102,6 +102,12 @@ class Budget(Strict):
         "any", description="device: the latency budget passes only on a figure measured on the target "
                            "(ssh runner); a host figure or an estimate fails it")
 
+    @model_validator(mode="after")
+    def _latency_from_needs_a_budget(self):
+        if self.latency_from == "device" and self.latency_ms is None:
+            raise ValueError("latency_from: device applies to the latency budget: set latency_ms too")
+        return self
+
 
 class Measure(Strict):
     warmup: int = Field(10, ge=0, description="untimed runs before timing")

@@ -20,7 +20,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-RUNNER = re.compile(r"^(local|estimate|ssh://\S+)$")
+# ssh://[user@]host[:port]: a host never starts with '-' (it would read as an ssh option).
+SSH_URL = re.compile(r"ssh://(?:([^@/:\s-][^@/:\s]*)@)?([^@/:\s\[\]-][^@/:\s\[\]]*|\[[0-9a-fA-F:]+\])(?::(\d+))?/?")
 
 
 class Profile(BaseModel):
@@ -44,13 +45,15 @@ class Profile(BaseModel):
     ssh_options: list[str] = Field(default_factory=list, description="extra ssh arguments, e.g. ['-i', 'key']; "
                                                                      "~/.ssh/config applies anyway")
     connect_timeout: float = Field(10, gt=0, description="seconds to connect and log in (ssh runner)")
-    timeout: float = Field(600, gt=0, description="seconds for one latency measurement, any runner")
+    timeout: float = Field(600, gt=0, description="seconds the benchmark may run, locally or on the device (where "
+                                                  "it is also stopped); connecting and copying have limits of "
+                                                  "their own, from connect_timeout and the file's size")
     speed_ratio: float | None = Field(None, gt=0, description="estimate runner: device latency / host latency")
 
     @field_validator("runner")
     @classmethod
     def _runner(cls, v: str) -> str:
-        if not RUNNER.match(v):
+        if v not in ("local", "estimate") and not SSH_URL.fullmatch(v):
             raise ValueError("a runner is local, estimate or ssh://user@host[:port]")
         return v
 

@@ -54,8 +54,17 @@ def running_sshd(d: Path):
                 time.sleep(0.1)
         known = d / "known_hosts"
         known.write_text(f"[127.0.0.1]:{port} {(d / 'host_key.pub').read_text()}")
-        bare = d / "bare-python"  # a "device" Python without onnxruntime
+        # A "device" Python with numpy (the real one, linked in) but no onnxruntime.
+        bare = d / "bare-python"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+        import numpy
+
+        only = d / "numpy-only"
+        only.mkdir()
+        for sibling in Path(numpy.__file__).parent.parent.glob("numpy*"):
+            (only / sibling.name).symlink_to(sibling)
+        site = next((bare / "lib").glob("python3*/site-packages"))
+        (site / "numpy_only.pth").write_text(f"{only}\n")
         hang = d / "hang.sh"  # a "device" that never answers
         hang.write_text("#!/bin/sh\nsleep 30\n")
         hang.chmod(0o755)

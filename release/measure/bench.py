@@ -53,7 +53,7 @@ def probe() -> dict:
     try:
         import numpy  # noqa: F401  (bench needs it to make the input)
         import onnxruntime
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or OSError/RuntimeError from a build this machine cannot load
         info["error"] = f"{exc}"
         return info
     info["onnxruntime"] = onnxruntime.__version__
@@ -87,9 +87,10 @@ def _session(model: str, threads: int, provider: str, options: dict):
             so.add_session_config_entry(key, str(value))
     available = ort.get_available_providers()
     if provider not in available:
-        raise SystemExit(json.dumps({"error": f"execution provider {provider} is not available in this "
-                                              f"onnxruntime {ort.__version__} (it has {', '.join(available)})",
-                                     **machine()}))
+        print(json.dumps({"error": f"execution provider {provider} is not available in this onnxruntime "
+                                   f"{ort.__version__} (it has {', '.join(available)}): set target.provider",
+                          **machine()}))
+        sys.exit(1)
     return ort.InferenceSession(model, so, providers=[provider])
 
 
@@ -152,6 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-cv", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    # ONNX Runtime's own pool is sized by intra_op_num_threads; OpenMP-built kernels read this.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     found = probe()
     if "error" in found:
         print(json.dumps(found))

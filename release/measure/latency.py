@@ -36,9 +36,8 @@ def local(model: Path, threads: int, *, warmup: int = 10, runs: int = 50, provid
     cmd = [sys.executable, str(BENCH), str(model), "--threads", str(threads), "--warmup", str(warmup),
            "--runs", str(runs), "--provider", provider, "--options", json.dumps(session_options or {}),
            "--max-cv", str(max_cv), "--rounds", str(rounds)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    try:  # bench.py sets OMP_NUM_THREADS and numpy's BLAS threads itself, here as on a device
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise ReleaseError(f"latency: {model} did not finish {runs} runs within {timeout:.0f} s "
                            f"(target.timeout).") from None

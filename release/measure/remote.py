@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import secrets
 import shlex
 import subprocess
 import time
@@ -46,7 +46,9 @@ class SshRunner:
 
     @classmethod
     def parse(cls, url: str, **kwargs) -> SshRunner:
-        match = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s\[\]]+|\[[0-9a-fA-F:]+\])(?::(\d+))?/?", url)
+        from release.targets import SSH_URL
+
+        match = SSH_URL.fullmatch(url)
         if not match:
             raise ReleaseError(f"target.runner: '{url}' is not an SSH address. Write ssh://user@host or "
                                f"ssh://user@host:port (or 'local').")
@@ -57,29 +59,32 @@ class SshRunner:
     def address(self) -> str:
         return f"ssh://{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
 
-    def _ssh(self, command: str, *, stdin=None, timeout: float, what: str) -> subprocess.CompletedProcess:
-        # The user's options come first: for OpenSSH the first value given for an option wins.
-        cmd = ["ssh", *self.options, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+    def _ssh(self, command: str, *, stdin=None, timeout: float, what: str, knob: str = "target.connect_timeout",
+             remote: bool = False) -> subprocess.CompletedProcess:
+        # Ours come first: for OpenSSH the first value given for an option wins, so ssh_options
+        # can add (an identity, a jump host) but never turn off BatchMode or host key checking.
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}", "-o", "ServerAliveInterval=5",
                "-o", "ServerAliveCountMax=3"]
         if self.port:
             cmd += ["-p", str(self.port)]
         if self.user:
             cmd += ["-l", self.user]
-        cmd += [self.host, command]
-        try:
-            done = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=timeout, check=False)
+        cmd += [*self.options, "--", self.host, command]
+        try:  # stdin is never the terminal's: a backgrounded build must not stop on a read
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL if stdin is None else stdin, capture_output=True,
+                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise ReleaseError(f"{self.field_name}: {self.address} did not finish {what} within {timeout:g} s. "
-                               f"Is the device busy or hung? Raise target.timeout if it is only slow.") from None
+                               f"Is the device busy or hung? Raise {knob} if it is only slow.") from None
         except FileNotFoundError:
             raise ReleaseError(f"{self.field_name}: the ssh client is not installed on this machine (needed for "
                                f"{self.address}). Install OpenSSH's client, or use runner: local.") from None
-        if done.returncode == 255:  # ssh's own failure, not the remote command's
-            raise ReleaseError(self._explain(done.stderr.decode(errors="replace")))
+        if done.returncode == 255:  # ssh's own failure, or a remote command killed by a signal
+            raise ReleaseError(self._explain(done.stderr.decode(errors="replace"), remote))
         return done
 
-    def _explain(self, stderr: str) -> str:
+    def _explain(self, stderr: str, remote: bool = False) -> str:
         where = f"{self.field_name}: {self.address}"
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "ssh failed"
         if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
@@ -93,17 +98,17 @@ class SshRunner:
                                      "Network is unreachable", "Connection closed", "Connection reset")):
             return (f"{where}: cannot reach the device ({last}). Check that it is on, that the host and port "
                     f"are right, and that sshd runs on it.")
+        if remote:  # logged in and listed the cache a moment ago: the command itself died
+            return (f"{where}: the benchmark ended abnormally on the device (exit 255: a crash, or killed by a "
+                    f"signal, e.g. an onnxruntime build this CPU cannot run, or out of memory): {last}")
         return f"{where}: ssh failed ({last})."
-
-    def _run(self, args: list[str], *, timeout: float, what: str) -> subprocess.CompletedProcess:
-        return self._ssh(" ".join(shlex.quote(a) for a in args), timeout=timeout, what=what)
 
     def _dir(self) -> str:
         return self.remote_dir.rstrip("/") or "."
 
     def cached(self) -> set[str]:
         """File names already in the device's cache folder (creating it)."""
-        d = shlex.quote(self._dir())
+        d = _quote(self._dir())
         done = self._ssh(f"mkdir -p {d} && ls -1 {d}", timeout=self.connect_timeout + 20, what="listing its cache")
         if done.returncode != 0:
             raise ReleaseError(f"{self.field_name}: {self.address} could not create or list {self.remote_dir}: "
@@ -114,7 +119,8 @@ class SshRunner:
     def send(self, path: Path, name: str) -> None:
         """Copy a file to <remote_dir>/<name> atomically (temporary name, then rename)."""
         d = self._dir()
-        tmp, final = shlex.quote(f"{d}/.{name}.partial"), shlex.quote(f"{d}/{name}")
+        # A name of its own per copy: two builds sending to one device never write into one file.
+        tmp, final = _quote(f"{d}/.{name}.{secrets.token_hex(4)}.partial"), _quote(f"{d}/{name}")
         timeout = self.connect_timeout + 60 + path.stat().st_size / 250e3  # even 2 Mbit/s gets through
         with path.open("rb") as handle:
             done = self._ssh(f"cat > {tmp} && mv -f {tmp} {final}", stdin=handle, timeout=timeout,
@@ -137,16 +143,29 @@ class SshRunner:
                 sent.append(path.name)
         copied = time.perf_counter()
         d = self._dir()
-        done = self._run([self.python, f"{d}/{bench_name}", f"{d}/{model_name}", "--threads", str(threads),
-                          "--warmup", str(warmup), "--runs", str(runs), "--provider", provider,
-                          "--options", json.dumps(session_options or {}), "--max-cv", str(max_cv),
-                          "--rounds", str(rounds)], timeout=self.timeout, what="the benchmark")
+        args = " ".join([_quote(self.python), _quote(f"{d}/{bench_name}"), _quote(f"{d}/{model_name}"),
+                         *(shlex.quote(a) for a in ("--threads", str(threads), "--warmup", str(warmup), "--runs",
+                                                    str(runs), "--provider", provider, "--options",
+                                                    json.dumps(session_options or {}), "--max-cv", str(max_cv),
+                                                    "--rounds", str(rounds)))])
+        # The device ends the benchmark itself at target.timeout (coreutils/busybox `timeout`, where
+        # there is one), so that a hung run does not go on there after we stop waiting; we wait a
+        # little longer, to hear it say so.
+        limit = max(1, int(self.timeout))
+        command = (f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} {args}; "
+                   f"else exec {args}; fi")
+        done = self._ssh(command, timeout=self.timeout + 15, what="the benchmark", knob="target.timeout", remote=True)
+        if done.returncode in (124, 137):  # timeout(1): TERM sent, or KILL after the grace period
+            raise ReleaseError(f"{self.field_name}: {self.address} did not finish the benchmark within {limit} s "
+                               f"(stopped there). Is the device busy or hung? Raise target.timeout if it is "
+                               f"only slow.")
         out = done.stdout.decode(errors="replace").strip()
         result = _last_json(out)
         if done.returncode == MISSING and result:
-            raise ReleaseError(f"{self.field_name}: {self.address} has no usable onnxruntime for {result.get('python_path')} "
-                               f"(Python {result.get('python')}: {result.get('error')}). Install it on the device "
-                               f"(pip install onnxruntime), or point target.python at a Python that has it.")
+            raise ReleaseError(f"{self.field_name}: {self.address} has no usable onnxruntime for "
+                               f"{result.get('python_path')} (Python {result.get('python')}: {result.get('error')}). "
+                               f"Install it on the device (pip install onnxruntime numpy), or point target.python "
+                               f"at a Python that has it.")
         if done.returncode != 0 or result is None or "error" in result:
             err = (result or {}).get("error") or done.stderr.decode(errors="replace").strip()[-800:] or out[-800:]
             if done.returncode == 127:
@@ -157,6 +176,11 @@ class SshRunner:
                        "overhead_s": {"list": round(listed - started, 3), "copy": round(copied - listed, 3),
                                       "run": round(finished - copied, 3), "total": round(finished - started, 3)}})
         return result
+
+
+def _quote(path: str) -> str:
+    """Shell-quoted for the device, leaving a leading ~/ to the device's shell (its home)."""
+    return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
 
 
 def sha256(path: Path) -> str:

@@ -123,7 +123,13 @@ def test_target_profiles_resolve_with_overrides_and_your_own(tmp_path):
     ({"name": "rpi44"}, "target.name: no target profile 'rpi44'. Did you mean 'rpi4'?"),
     ({"name": "rpi4", "runner": "estimate"}, "runner: estimate needs target.speed_ratio"),
     ({"name": "rpi4", "runner": "scp://pi@pi4"}, "a runner is local, estimate or ssh://user@host[:port]"),
+    ({"name": "rpi4", "runner": "ssh://pi@pi4:port"}, "a runner is local, estimate or ssh://user@host[:port]"),
 ])
 def test_bad_targets_are_manifest_errors(tmp_path, target, expected):
     with pytest.raises(ManifestError, match=re.escape(expected)):
         load_doc(tmp_path, tiny_manifest_dict(target=target))
+
+
+def test_latency_from_device_needs_a_latency_budget(tmp_path):
+    with pytest.raises(ManifestError, match="latency_from: device applies to the latency budget: set latency_ms"):
+        load_doc(tmp_path, tiny_manifest_dict(budget={"size_mb": 1.0, "latency_from": "device"}))
