@@ -69,6 +69,45 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3f}" if unit in ("", "MB") else f"{value:.2f}"
 
 
+def quantize_facts(row: dict) -> dict | None:
+    """The facts of the variant's last quantize stage, if it has one."""
+    found = [f for key, f in row.get("stage_facts", {}).items() if key.endswith(".quantize")]
+    return found[-1] if found else None
+
+
+def quantization(row: dict) -> str | None:
+    """One line: how an INT8 variant was quantized and what stayed in float, and why."""
+    q = quantize_facts(row)
+    if q is None:
+        return None
+    if q["mode"] == "dynamic":
+        head = "INT8 dynamic (weights only, activations at run time)"
+    else:
+        cal = q.get("calibration", {})
+        head = (f"INT8 static {q['format']}, {cal.get('method')} calibration on {cal.get('samples')} images"
+                f"{' (ranges from the cache)' if cal.get('cached') else ''}, {q['activation_type']} activations")
+    kept = q.get("float_nodes", [])
+    why: dict[str, list[str]] = {}
+    for k in kept:
+        why.setdefault(k["why"].split(" (")[0].split(" rank")[0], []).append(k["node"])
+    parts = [f"{len(nodes)} {reason}" + (f" ({', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''})")
+             for reason, nodes in why.items()]
+    line = f"{head}; in float: {'; '.join(parts) if parts else 'nothing'}"
+    tuned = q.get("sensitivity")
+    if tuned:
+        line += (f"; tuned on data.{tuned['split']}: mAP {tuned['chosen']['map']:.3f} vs float {tuned['fp32_map']:.3f} "
+                 f"(max drop {tuned['max_map_drop']:g}, {'met' if tuned['met'] else 'NOT met'} after "
+                 f"{len(tuned['curve']) - 1} trials)")
+    return line
+
+
+def _float_baseline(rows: dict) -> dict | None:
+    """The fp32 variant: the one named fp32, else the first whose pipeline ends at export."""
+    if "fp32" in rows:
+        return rows["fp32"]
+    return next((r for r in rows.values() if r.get("stages") and r["stages"][-1]["stage"] == "export"), None)
+
+
 def table(report: dict) -> str:
     """The gate table as fixed-width text (also valid inside a markdown code block)."""
     budget = report["budget"]
@@ -107,6 +146,14 @@ def table(report: dict) -> str:
             elif note not in seen:
                 seen.add(note)
                 notes.append(f"latency: {note}")
+    base = _float_baseline(report["variants"])
+    for name, row in report["variants"].items():
+        line = quantization(row)
+        if line:
+            notes.append(f"{name}: {line}")
+            if base is not None and row["latency_ms"] >= base["latency_ms"]:
+                notes.append(f"{name}: INT8 is not faster than fp32 here ({row['latency_ms']:.2f} vs "
+                             f"{base['latency_ms']:.2f} ms): latency, not the format, decides")
     if budget.get("latency_from") == "device":
         notes.append("budget.latency_from: device — a latency figure not measured on the target fails the gate")
     for name, row in report["variants"].items():

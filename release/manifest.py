@@ -37,6 +37,8 @@ class DataRef(Strict):
 class Data(Strict):
     train: DataRef | None = Field(None, description="training split (fine-tuning, distillation)")
     calibration: DataRef | None = Field(None, description="calibration split for static quantization")
+    tuning: DataRef | None = Field(None, description="labelled split on which quantize's max_map_drop search "
+                                                     "measures mAP (quantize.tuning_split: tuning); never eval")
     eval: DataRef = Field(description="evaluation split: every variant's mAP is measured on it")
 
     @field_validator("eval")
@@ -329,6 +331,16 @@ def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str,
     return pipelines
 
 
+def _needs_labels(module, params, split: str) -> bool:
+    """Whether a stage needs annotations on `split` (a stage's needs_labels may take the split)."""
+    import inspect
+
+    fn = getattr(module, "needs_labels", None)
+    if fn is None:
+        return True
+    return fn(params, split) if len(inspect.signature(fn).parameters) > 1 else fn(params)
+
+
 def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
     for variant, pipeline in manifest.pipelines.items():
         for i, (name, params) in enumerate(pipeline):
@@ -338,8 +350,8 @@ def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
                 if ref is None:
                     problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
                                                            f"which the manifest does not define. Add data.{split}.")
-                elif ref.annotations is None and getattr(module, "needs_labels", lambda _: True)(params):
-                    problems.add(("variants", variant, i), f"stage '{name}' trains on the labels of data.{split}, "
+                elif ref.annotations is None and _needs_labels(module, params, split):
+                    problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
                                                            f"which has no annotations. Add data.{split}.annotations"
                                                            f"{' (or set labels: false)' if name == 'distill' else ''}.")
     demo = manifest.demo

@@ -63,6 +63,31 @@ def _strip_notes(stage_facts: dict) -> str:
     return "\n".join(lines)
 
 
+def _quantization_section(row: dict) -> str:
+    """How the released model was quantized, what stayed in float and why (empty if not INT8)."""
+    from release.gate import quantization, quantize_facts
+
+    q = quantize_facts(row)
+    if q is None:
+        return ""
+    lines = ["## Quantization", quantization(row), ""]
+    if q.get("float_nodes"):
+        lines += ["| node kept in float | op | why |", "|---|---|---|"]
+        lines += [f"| `{k['node']}` | {k['op']} | {k['why']} |" for k in q["float_nodes"][:30]]
+        if len(q["float_nodes"]) > 30:
+            lines.append(f"| ... {len(q['float_nodes']) - 30} more | | |")
+        lines.append("")
+    tuned = q.get("sensitivity")
+    if tuned:
+        lines += [f"Sensitivity search on data.{tuned['split']} (float mAP {tuned['fp32_map']:.4f}):", "",
+                  "| layer groups in float by sensitivity | nodes in float | mAP | bytes | latency ms (in-stage, 1 thread) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['fallback_groups']} | {c['float_nodes']} | {c['map']:.4f} | {c['bytes']} | {c['latency_ms']:.2f} |"
+                  for c in tuned["curve"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def _card(report: dict, lock: dict) -> str:
     name = report["selected"]
     row = report["variants"][name]
@@ -91,7 +116,7 @@ Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
 Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 {('Note: ' + lat['note']) if lat.get('note') else ''}
 
-## Budgets ({report['target']['name']})
+{_quantization_section(row)}## Budgets ({report['target']['name']})
 | budget | figure | limit | margin | result |
 |---|---|---|---|---|
 {checks}

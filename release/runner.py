@@ -58,7 +58,8 @@ def run_stage(job: dict) -> None:
     with atomic_dir(out_dir) as tmp:
         ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],
                            manifest=_manifest(job), log=_log, spec_produces=module.SPEC.produces,
-                           resume=resume / "state.pt", progress=_progress())
+                           resume=resume / "state.pt", progress=_progress(),
+                           cache_dir=Path(job["root"]) / "artifacts" / ".cache")
         try:
             facts = module.run(ctx)
         except ReleaseError:

@@ -58,3 +58,85 @@ class NoLossAdapter:
         self._inner = Adapter(input_shape)
         self.preprocess, self.postprocess = self._inner.preprocess, self._inner.postprocess
         self.boxes_to_input = self._inner.boxes_to_input
+
+
+# ---------------------------------------------------------------- a YOLO-style single-output detector
+
+def build_yolo_style(num_classes: int = 3, width: float = 0.5, canvas: int = 640, input_size: int = 64,
+                     nested: bool = False):
+    """The demo CenterNet (same weights, same keys) with a YOLO-style single output of shape
+    (1, H*W, 4 + classes): per cell, box corners in pixels of a `canvas`-sized image (up to ~640,
+    as a YOLOv5 at 640 px emits them) beside the class scores in [0, 1]. nested: that tensor is
+    concatenated once more with a coordinate column, so two Concats each hold coordinates beside
+    scores and keeping either alone in float does not save the scores."""
+    from release.demo.detector import CenterNet
+
+    class YoloStyle(CenterNet):
+        def forward(self, x):
+            heat, size, offset = super().forward(x)
+            n, c, h, w = heat.shape
+            stride, scale = input_size / w, canvas / input_size
+            ys = torch.arange(h, dtype=x.dtype).view(1, h, 1).expand(1, h, w)
+            xs = torch.arange(w, dtype=x.dtype).view(1, 1, w).expand(1, h, w)
+            cx, cy = (xs + offset[:, 0]) * stride, (ys + offset[:, 1]) * stride
+            bw = torch.exp(size[:, 0].clamp(-10, 10)) * stride
+            bh = torch.exp(size[:, 1].clamp(-10, 10)) * stride
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1) * scale
+            out = torch.cat([boxes, heat.permute(0, 2, 3, 1)], dim=-1).reshape(n, h * w, 4 + c)
+            return torch.cat([out, out[..., :1]], dim=-1) if nested else out
+
+    return YoloStyle(num_classes, width, False)
+
+
+class YoloStyleAdapter:
+    """Pre/post-processing for build_yolo_style: the demo's preprocessing; best class per cell above
+    a threshold, class-aware NMS, boxes scaled back from the canvas."""
+
+    output_names = ["detections"]
+
+    def __init__(self, input_shape=(1, 3, 64, 64), canvas: int = 640, score_threshold: float = 0.05,
+                 nms_iou: float = 0.5, max_detections: int = 100, classes: int = 3):
+        from release.demo.detector import Adapter
+
+        self._inner = Adapter(input_shape)
+        self.preprocess, self.boxes_to_input = self._inner.preprocess, self._inner.boxes_to_input
+        self.scale = canvas / input_shape[3]
+        self.score_threshold, self.nms_iou, self.max_detections = score_threshold, nms_iou, max_detections
+        self.classes = classes
+
+    def postprocess(self, outputs, meta):
+        import numpy as np
+
+        from release.torchvision_models import nms
+
+        out = np.asarray(outputs[0], np.float32)[0]
+        boxes, scores = out[:, :4] / self.scale, out[:, 4:4 + self.classes]
+        cls, score = scores.argmax(axis=1), scores.max(axis=1)
+        keep = np.nonzero(score > self.score_threshold)[0]
+        if keep.size == 0:
+            return np.zeros((0, 6), np.float32)
+        boxes, cls, score = boxes[keep], cls[keep], score[keep]
+        kept = nms(boxes + (cls * 10_000.0)[:, None], score, self.nms_iou)[: self.max_detections]
+        b = boxes[kept] / np.array([meta["scale_x"], meta["scale_y"]] * 2, np.float32)
+        return np.column_stack([b[:, :2], b[:, 2:] - b[:, :2], score[kept], cls[kept]]).astype(np.float32)
+
+
+class MultiLevel(nn.Module):
+    """An FCOS-style head on three feature levels: per level a class and a box convolution, each
+    output flattened and concatenated across levels; boxes decoded with exp() times the stride."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+        self.levels = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()) for _ in range(3))
+        self.cls = nn.ModuleList(nn.Conv2d(8, classes, 3, 1, 1) for _ in range(3))
+        self.reg = nn.ModuleList(nn.Conv2d(8, 4, 3, 1, 1) for _ in range(3))
+
+    def forward(self, x):
+        f, scores, boxes = self.stem(x), [], []
+        for i, (level, cls, reg) in enumerate(zip(self.levels, self.cls, self.reg)):
+            f = level(f)
+            n = f.shape[0]
+            scores.append(cls(f).flatten(2).transpose(1, 2))
+            boxes.append(torch.exp(reg(f)).flatten(2).transpose(1, 2) * float(4 * 2 ** i))
+        return torch.sigmoid(torch.cat(scores, 1)), torch.cat(boxes, 1).reshape(n, -1, 4)

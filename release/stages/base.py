@@ -7,7 +7,7 @@ A stage module defines
 and may define
     def reads(params) -> tuple[str, ...]             # narrows SPEC.reads by the params
     def code_refs(params) -> list[str]               # import paths whose code joins the fingerprint
-    def needs_labels(params) -> bool                 # False: the splits it reads need no annotations
+    def needs_labels(params[, split]) -> bool        # False: the split(s) it reads need no annotations
     def preflight(params, manifest, model) -> list[tuple[tuple, str]]
         # (field path under the step, message) for each problem found against a freshly built model
         # (pattern matching no layer, an adapter without a loss); run by the `check` task before
@@ -80,6 +80,9 @@ class StageContext:
     # stages checkpoint into it and resume from it. None: no resuming (e.g. a unit test's context).
     resume: Path | None = None
     progress: bool = False  # show progress bars (a terminal, or RELEASE_PROGRESS set)
+    # A folder shared by all builds of the project (artifacts/.cache) for results keyed by content,
+    # e.g. calibration ranges. None: nothing is cached.
+    cache_dir: Path | None = None
 
     @property
     def output(self) -> Path:

@@ -11,6 +11,14 @@ What onnxruntime 1.32 does that shapes this module:
 - Dynamic quantization always emits integer ops (DynamicQuantizeLinear + ConvInteger/MatMulInteger)
   with uint8 activations; there is no QDQ form of it, so static-only params are rejected in dynamic
   mode rather than silently ignored.
+
+What a detector needs on top (release/int8.py): `keep_float: auto` keeps each output's decode tail
+in float, and the head convolutions of an output whose channels mix very different ranges (pixel
+coordinates beside scores: one INT8 scale rounds every score to zero). With `max_map_drop`, the
+nodes whose quantization adds the most error (measured against the float model on calibration
+images) fall back to float, doubling then bisecting their number, until the mAP measured on a
+tuning split (never data.eval) holds, within `max_trials`. Calibration ranges are cached by content
+(model, images, method), so a change of format or fallback does not recalibrate.
 """
 
 from __future__ import annotations
@@ -29,19 +37,28 @@ SPEC = StageSpec(
     produces="onnx",
     summary="INT8 quantization with ONNX Runtime: dynamic, or static calibrated on the calibration split",
     reads=("calibration",),
+    # The calibration images come through the adapter's preprocessing, and max_map_drop scores
+    # trials with its postprocessing: the model's code is part of what this stage writes.
+    uses_model=True,
+    code=("release.int8", "release.measure.accuracy"),
 )
 
 # Every calibrated activation of every sample in a chunk is held in memory until the chunk is merged.
 CALIBRATION_CHUNK = 8
 
 QType = Literal["uint8", "int8"]
-STATIC_ONLY = ("format", "activation_type", "calibration", "percentile", "num_bins", "max_samples")
+STATIC_ONLY = ("format", "activation_type", "calibration", "percentile", "num_bins", "max_samples",
+               "max_map_drop", "max_trials", "tuning_split", "sensitivity_samples")
+CALIBRATION_CACHE_VERSION = 1
 
 
 def reads(params) -> tuple[str, ...]:
     """Data splits this configuration reads (for the fingerprint): dynamic quantization reads none."""
-    mode = params.get("mode", "static") if isinstance(params, dict) else params.mode
-    return ("calibration",) if mode == "static" else ()
+    get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
+    if get("mode", "static") != "static":
+        return ()
+    tuning = get("tuning_split", "calibration") if get("max_map_drop") is not None else "calibration"
+    return tuple(dict.fromkeys(("calibration", tuning)))
 
 
 class Params(StageParams):
@@ -80,6 +97,21 @@ class Params(StageParams):
     preprocess: bool = Field(True, description=(
         "Run ORT's quant_pre_process (symbolic + ONNX shape inference, basic graph optimizations) "
         "first, as ORT recommends."))
+    keep_float: Literal["auto", "none"] = Field("auto", description=(
+        "auto: keep each output's decode tail (the nodes after its last Conv/MatMul) in float, and the "
+        "head convolutions of any output whose channels mix very different ranges (coordinates beside "
+        "scores). Combines with keep_float_ops/keep_float_nodes. none: only what those name."))
+    max_map_drop: float | None = Field(None, gt=0, lt=1, description=(
+        "Static only: fall back the most error-prone nodes to float until the mAP on the tuning split "
+        "is at most this much below the float model's (e.g. 0.01)."))
+    max_trials: int = Field(8, ge=1, le=50, description=(
+        "max_map_drop: most fallback quantizations tried (each scored on the tuning split). Ranking "
+        "before them costs one more quantization per layer group, on sensitivity_samples images."))
+    tuning_split: Literal["calibration", "tuning", "train"] = Field("calibration", description=(
+        "max_map_drop: the labelled split the mAP is measured on (data.<split>); never data.eval, so "
+        "the release's mAP is not tuned on itself."))
+    sensitivity_samples: int = Field(8, ge=1, le=256, description=(
+        "max_map_drop: calibration images used to rank nodes by the error their quantization adds."))
 
     @field_validator("keep_float_ops", "keep_float_nodes")
     @classmethod
@@ -104,6 +136,9 @@ class Params(StageParams):
             raise ValueError("num_bins only applies to calibration 'entropy' or 'percentile'")
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise ValueError("ONNX Runtime does not support int8 activations with uint8 weights")
+        tuning = [k for k in ("max_trials", "tuning_split", "sensitivity_samples") if k in self.model_fields_set]
+        if tuning and self.max_map_drop is None:
+            raise ValueError(f"{', '.join(tuning)} only applies with max_map_drop")
         return self
 
 
@@ -122,24 +157,25 @@ class _ChunkReader:
 def run(ctx: StageContext) -> dict:
     """Quantize ctx.input into ctx.output; return facts for the stage record."""
     import os
+    import shutil
     import tempfile
     import time
     from collections import Counter
     from pathlib import Path
 
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    from release import int8
 
     p: Params = ctx.params
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     facts: dict = {"mode": p.mode, "format": p.format if p.mode == "static" else "qoperator-integer",
                    "per_channel": p.per_channel, "reduce_range": p.reduce_range, "weight_type": p.weight_type,
-                   "activation_type": p.activation_type if p.mode == "static" else "uint8"}
-    common = dict(per_channel=p.per_channel, reduce_range=p.reduce_range, weight_type=qtype[p.weight_type])
+                   "activation_type": p.activation_type if p.mode == "static" else "uint8",
+                   "keep_float": p.keep_float}
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=ctx.out_dir) as tmp_name:
         tmp, src = Path(tmp_name), Path(ctx.input)
         _refuse_quantized(onnx.load(str(src), load_external_data=False))
@@ -148,31 +184,38 @@ def run(ctx: StageContext) -> dict:
             facts["shape_inference"] = _preprocess(src, tmp / "preprocessed.onnx", ctx.log)
             src = tmp / "preprocessed.onnx"
         model = onnx.load(str(src))
+        if int8.name_nodes(model):  # nodes are kept in float by name: every node needs one
+            src = tmp / "named.onnx"
+            onnx.save(model, str(src))
         input_name, input_shape = _single_input(model)
-        excluded, kept_ops = _float_selection(model.graph, p)
-        del model
         registry = IntegerOpsRegistry if p.mode == "dynamic" else {**QLinearOpsRegistry, **QDQRegistry}
         op_types = sorted(set(registry) - set(p.keep_float_ops))
-        facts.update(nodes_kept_float=len(excluded) + kept_ops, excluded_node_names=excluded[:20])
+        kept = _float_selection(model.graph, p)
         seconds["preprocess"] = time.perf_counter() - start
         out = tmp / "model.onnx"
+        t = time.perf_counter()
         if p.mode == "dynamic":
-            t = time.perf_counter()
-            quantize_dynamic(str(src), str(out), op_types_to_quantize=op_types, nodes_to_exclude=excluded,
-                             **common)
+            kept += _auto_float(model.graph, {}, kept) if p.keep_float == "auto" else []
+            quantize_dynamic(str(src), str(out), op_types_to_quantize=op_types,
+                             nodes_to_exclude=[k["node"] for k in kept], **_common(p))
             check_input, check_source = _random_input(input_shape), "random N(0,1)"
         else:
-            t = time.perf_counter()
-            ranges, method, count, check_input = _calibrate(ctx, src, tmp, input_name, input_shape, op_types)
-            check_source = "calibration[0]"
+            samples = _calibration_samples(ctx, input_name, input_shape)
+            ranges_file, facts["calibration"] = _ranges(ctx, src, tmp, input_name, input_shape, samples,
+                                                        sorted(registry))
             seconds["calibrate"] = time.perf_counter() - t
-            facts["calibration"] = {"method": p.calibration, "samples": count, **_calibration_options(p)}
-            save_tensors_data(ranges, tmp / "calibration.json")
+            if p.keep_float == "auto":
+                facts["mixed_outputs"] = int8.mixed_outputs(src, input_name, samples[:8])
+                kept += _auto_float(model.graph, facts["mixed_outputs"], kept)
             t = time.perf_counter()
-            quantize_static(str(src), str(out), None, calibration_cache_path=tmp / "calibration.json",
-                            calibrate_method=method, op_types_to_quantize=op_types, nodes_to_exclude=excluded,
-                            quant_format=QuantFormat.QDQ if p.format == "qdq" else QuantFormat.QOperator,
-                            activation_type=qtype[p.activation_type], **common)
+            _quantize_static(p, src, out, ranges_file, op_types, [k["node"] for k in kept])
+            if p.max_map_drop is not None:
+                kept, facts["sensitivity"] = _search(ctx, src, out, tmp, ranges_file, op_types, kept, model.graph,
+                                                     input_name, samples, set(registry))
+            check_input, check_source = samples[0], "calibration[0]"
+        del model
+        facts["float_nodes"] = [k for k in kept if k["op"] in registry]  # not the ones never quantized anyway
+        facts["nodes_kept_float"] = len(facts["float_nodes"])
         seconds["quantize"] = time.perf_counter() - t
         t = time.perf_counter()
         quantized = onnx.load(str(out), load_external_data=False)
@@ -182,14 +225,223 @@ def run(ctx: StageContext) -> dict:
         del quantized
         facts["check"] = {"input": check_source, **_verify(out, Path(ctx.input), input_name, check_input)}
         seconds["verify"] = time.perf_counter() - t
-        os.replace(out, ctx.output)
+        try:
+            os.replace(out, ctx.output)
+        except OSError:
+            shutil.copyfile(out, ctx.output)
     size_in, size_out = Path(ctx.input).stat().st_size, ctx.output.stat().st_size
     seconds["total"] = time.perf_counter() - start
     facts.update(size_bytes_before=size_in, size_bytes_after=size_out,
                  size_ratio=round(size_out / size_in, 4))
     facts["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    ctx.log(f"quantize: {size_in:,} -> {size_out:,} bytes in {seconds['total']:.1f} s")
+    why = Counter(k["why"].split(" (")[0] for k in facts["float_nodes"])
+    ctx.log(f"quantize: {size_in:,} -> {size_out:,} bytes in {seconds['total']:.1f} s; in float: "
+            + (", ".join(f"{n} ({w})" for w, n in why.items()) or "nothing"))
     return facts
+
+
+def _common(p: Params) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    return dict(per_channel=p.per_channel, reduce_range=p.reduce_range,
+                weight_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[p.weight_type])
+
+
+def _quantize_static(p: Params, src, out, ranges_file, op_types: list[str], excluded: list[str],
+                     fmt: str | None = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    fmt = fmt or p.format
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[p.calibration]
+    quantize_static(str(src), str(out), None, calibration_cache_path=str(ranges_file), calibrate_method=method,
+                    op_types_to_quantize=op_types, nodes_to_exclude=excluded,
+                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                    activation_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[p.activation_type],
+                    **_common(p))
+
+
+def _auto_float(graph, mixed: dict, already: list[dict]) -> list[dict]:
+    """keep_float: auto: every output's decode tail, and the heads of mixed-range outputs."""
+    from release import int8
+
+    ops = {n.name: n.op_type for n in graph.node}
+    seen = {k["node"] for k in already}
+    found = []
+    for output, part in int8.decode_tail(graph).items():
+        for name in part["tail"]:
+            if name not in seen:
+                seen.add(name)
+                found.append({"node": name, "op": ops[name], "why": f"decode tail of {output}"})
+        if output in mixed:
+            for name in part["heads"]:
+                if name not in seen:
+                    seen.add(name)
+                    found.append({"node": name, "op": ops[name], "why": f"head of mixed-range output {output}"})
+    return found
+
+
+def _calibration_samples(ctx: StageContext, input_name: str, shape: list) -> list:
+    """At most max_samples calibration inputs, checked against the model's input shape."""
+    import itertools
+
+    import numpy as np
+
+    from release.errors import ReleaseError
+
+    p: Params = ctx.params
+
+    def checked(x):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, x.shape)):
+            raise ReleaseError(f"quantize: a calibration sample has shape {x.shape}, but the model input "
+                               f"'{input_name}' expects {['?' if d is None else d for d in shape]}.")
+        return x
+
+    samples = [checked(x) for x in itertools.islice(ctx.samples("calibration"), p.max_samples)]
+    if not samples:
+        raise ReleaseError("quantize: static quantization needs calibration images, but the "
+                           "'calibration' split yielded none. Add images to it or use mode: dynamic.")
+    return samples
+
+
+def _ranges(ctx: StageContext, src, tmp, input_name: str, shape: list, samples: list, op_types: list[str]):
+    """The calibration ranges file, from the cache when the same model, images and method were
+    calibrated before (format and float fallback do not change ranges), else computed and cached."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import onnxruntime
+    from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
+
+    p: Params = ctx.params
+    key = hashlib.sha256()
+    key.update(f"v{CALIBRATION_CACHE_VERSION} ort {onnxruntime.__version__} {p.calibration} "
+               f"{sorted(_calibration_options(p).items())} {op_types} chunk {CALIBRATION_CHUNK}".encode())
+    key.update(Path(src).read_bytes())
+    for x in samples:
+        key.update(x.tobytes())
+    digest = key.hexdigest()
+    info = {"method": p.calibration, "samples": len(samples), **_calibration_options(p), "key": digest[:16]}
+    cached = Path(ctx.cache_dir) / "calibration" / f"{digest}.json" if ctx.cache_dir else None
+    if cached is not None and cached.is_file():
+        try:
+            load_tensors_data(cached)  # a damaged entry is recomputed, never trusted
+            ctx.log(f"quantize: calibration ranges from the cache ({digest[:12]})")
+            return cached, {**info, "cached": True}
+        except Exception:  # noqa: BLE001 - unreadable for any reason: drop it and calibrate
+            cached.unlink(missing_ok=True)
+    ranges = _calibrate(ctx, src, tmp, input_name, shape, op_types, samples)[0]
+    path = Path(tmp) / "calibration.json"
+    save_tensors_data(ranges, path)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
+        try:
+            with partial.open("wb") as handle:
+                handle.write(path.read_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, cached)
+        finally:
+            partial.unlink(missing_ok=True)
+    return path, {**info, "cached": False}
+
+
+def _search(ctx: StageContext, src, out, tmp, ranges_file, op_types, kept, graph, input_name, samples,
+            quantizable):
+    """max_map_drop: fall back the nodes whose quantization adds the most error, doubling then
+    bisecting their number, until the tuning mAP holds or max_trials quantizations were tried.
+    Leaves the chosen model at `out`; returns the float list and the search's record."""
+    import shutil
+    from pathlib import Path
+
+    from release import int8
+    from release.errors import ReleaseError
+    from release.measure import accuracy
+
+    p: Params = ctx.params
+    manifest = ctx.manifest
+    ref = getattr(manifest.data, p.tuning_split, None) if manifest is not None else None
+    if ref is None or ref.annotations is None:
+        raise ReleaseError(f"quantize.max_map_drop measures mAP on data.{p.tuning_split}, which "
+                           f"{'is not defined' if ref is None else 'has no annotations'}: add "
+                           f"data.{p.tuning_split}{'' if ref is None else '.annotations'} or set tuning_split.")
+
+    floats = sum(k["op"] in quantizable for k in kept)
+    order: list[list[str]] = []  # layer groups, most error-adding first (ranked below)
+
+    def measured(path, extra: int) -> dict:  # extra: layer groups in float by sensitivity
+        return {"float_nodes": floats + sum(len(g) for g in order[:extra]), "fallback_groups": extra,
+                "map": accuracy.evaluate(path, manifest.model, ref)["map"], "bytes": Path(path).stat().st_size,
+                "latency_ms": _quick_latency(path, input_name, samples[0])}
+
+    ctx.log(f"quantize: tuning to a max mAP drop of {p.max_map_drop} on data.{p.tuning_split}")
+    fp32 = accuracy.evaluate(ctx.input, manifest.model, ref)["map"]
+    curve = [measured(out, 0)]
+    record = {"split": p.tuning_split, "max_map_drop": p.max_map_drop, "fp32_map": fp32}
+    holds = lambda point: fp32 - point["map"] <= p.max_map_drop  # noqa: E731
+    if holds(curve[0]):
+        return kept, {**record, "met": True, "chosen": curve[0], "curve": curve, "ranked": []}
+    excluded = [k["node"] for k in kept]
+    ops = {n.name: n.op_type for n in graph.node}
+    candidates = [n.name for n in graph.node if n.op_type in op_types and n.name not in set(excluded)]
+    groups = int8.layer_groups(graph, candidates)
+    probe = Path(tmp) / "probe.onnx"
+
+    def quantize_with(extra: list[str]):
+        _quantize_static(p, src, probe, ranges_file, op_types, excluded + extra)
+        return probe
+
+    ctx.log(f"quantize: ranking {len(groups)} layer groups by the output error their quantization adds")
+    ranked = int8.sensitivity(ctx.input, quantize_with, groups, input_name, samples[: p.sensitivity_samples],
+                              log=ctx.log)
+    for r in ranked:
+        r["op"] = "+".join(ops[n] for n in r["nodes"])
+    order[:] = [r["nodes"] for r in ranked]
+    paths = {0: Path(tmp) / "trial-0.onnx"}
+    shutil.copyfile(out, paths[0])
+
+    def trial(k: int) -> bool:
+        paths[k] = Path(tmp) / f"trial-{k}.onnx"
+        _quantize_static(p, src, paths[k], ranges_file, op_types, excluded + [n for g in order[:k] for n in g])
+        curve.append(measured(paths[k], k))
+        return holds(curve[-1])
+
+    _, ok = int8.fallback_search(len(order), p.max_trials, trial)
+    # The fewest fallbacks that hold; when none holds, the best mAP tried.
+    chosen = (next(c for c in curve if c["fallback_groups"] == ok) if ok is not None
+              else max(curve, key=lambda c: (c["map"], -c["fallback_groups"])))
+    extra = chosen["fallback_groups"]
+    shutil.copyfile(paths[extra], out)
+    kept = kept + [{"node": n, "op": ops[n], "why": f"sensitivity rank {i + 1} (adds error {r['added']:.3g})"}
+                   for i, r in enumerate(ranked[:extra]) for n in r["nodes"]]
+    met = holds(chosen)
+    ctx.log(f"quantize: tuning {'met' if met else 'did NOT meet'} the drop with {extra} layer group(s) more in "
+            f"float after {len(curve) - 1} trial(s): mAP {chosen['map']:.4f} vs float {fp32:.4f}")
+    return kept, {**record, "met": met, "chosen": chosen, "curve": curve, "ranked": ranked[:20]}
+
+
+def _quick_latency(path, input_name: str, x) -> float:
+    """An indicative in-stage latency (1 thread, median of 20 runs) for the search's curve; the
+    variant's real figure comes from the latency runner."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {input_name: x})
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        session.run(None, {input_name: x})
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
 
 
 def _calibration_options(p: Params) -> dict:
@@ -234,18 +486,20 @@ def _single_input(model) -> tuple[str, list]:
     return inputs[0].name, [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
-def _float_selection(graph, p: Params) -> tuple[list[str], int]:
-    """Node names matched by keep_float_nodes, and the node count of keep_float_ops; typos raise."""
+def _float_selection(graph, p: Params) -> list[dict]:
+    """Nodes kept in float by keep_float_nodes and keep_float_ops, with why; typos raise."""
     from release.errors import ReleaseError, did_you_mean
 
     names = [n.name for n in graph.node if n.name]
+    ops = {n.name: n.op_type for n in graph.node}
     op_types = sorted({n.op_type for n in graph.node})
     unknown = [op for op in p.keep_float_ops if op not in op_types]
     if unknown:
         op = unknown[0]
         raise ReleaseError(f"quantize.keep_float_ops: op type '{op}' does not occur in the model."
                            f"{did_you_mean(op, op_types)} Op types in the model: {', '.join(op_types)}.")
-    excluded: list[str] = []
+    kept: list[dict] = []
+    seen: set[str] = set()
     for pattern in p.keep_float_nodes:
         if not (hits := fnmatch.filter(names, pattern)):
             where = " after preprocessing" if p.preprocess else ""
@@ -253,52 +507,42 @@ def _float_selection(graph, p: Params) -> tuple[list[str], int]:
                 f"quantize.keep_float_nodes: pattern '{pattern}' matches no node name{where}."
                 f"{did_you_mean(pattern, names)} Some node names: {', '.join(names[:6])}"
                 f"{' ...' if len(names) > 6 else ''}")
-        excluded += [h for h in hits if h not in excluded]
-    return excluded, sum(n.op_type in p.keep_float_ops and n.name not in excluded for n in graph.node)
+        for h in hits:
+            if h not in seen:
+                seen.add(h)
+                kept.append({"node": h, "op": ops[h], "why": f"keep_float_nodes '{pattern}'"})
+    kept += [{"node": n.name, "op": n.op_type, "why": "keep_float_ops"} for n in graph.node
+             if n.op_type in p.keep_float_ops and n.name not in seen]
+    return kept
 
 
-def _calibrate(ctx: StageContext, src, tmp, input_name: str, shape: list, op_types: list[str]):
-    """Activation ranges over at most max_samples calibration images, computed chunk by chunk."""
+def _calibrate(ctx: StageContext, src, tmp, input_name: str, shape: list, op_types: list[str],
+               samples: list | None = None):
+    """Activation ranges over the calibration samples, computed chunk by chunk (bounded memory)."""
     import contextlib
     import io
     import itertools
 
-    import numpy as np
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
     from tqdm import tqdm
-
-    from release.errors import ReleaseError
 
     p: Params = ctx.params
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[p.calibration]
-    extra = _calibration_options(p)
-
-    def checked(x):
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, x.shape)):
-            raise ReleaseError(f"quantize: a calibration sample has shape {x.shape}, but the model input "
-                               f"'{input_name}' expects {['?' if d is None else d for d in shape]}.")
-        return x
-
-    stream = (checked(x) for x in itertools.islice(ctx.samples("calibration"), p.max_samples))
-    first = next(stream, None)
-    if first is None:
-        raise ReleaseError("quantize: static quantization needs calibration images, but the "
-                           "'calibration' split yielded none. Add images to it or use mode: dynamic.")
-    ctx.log(f"quantize: calibrating ({p.calibration}) on up to {p.max_samples} images")
+    if samples is None:
+        samples = _calibration_samples(ctx, input_name, shape)
+    ctx.log(f"quantize: calibrating ({p.calibration}) on {len(samples)} images")
     calibrator = create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=method, extra_options=extra)
-    count, stream = 0, itertools.chain([first], stream)
+                                   calibrate_method=method, extra_options=_calibration_options(p))
+    stream = iter(samples)
     # ORT's histogram collector print()s on every chunk; keep the build log readable.
-    with tqdm(total=p.max_samples, desc="calibrate", unit="img", disable=None, leave=False) as bar, \
-            contextlib.redirect_stdout(io.StringIO()):
+    with tqdm(total=len(samples), desc="calibrate", unit="img", disable=None if ctx.progress else True,
+              leave=False) as bar, contextlib.redirect_stdout(io.StringIO()):
         while chunk := list(itertools.islice(stream, CALIBRATION_CHUNK)):
             calibrator.collect_data(_ChunkReader(input_name, chunk))
-            count += len(chunk)
             bar.update(len(chunk))
         ranges = calibrator.compute_data()
-    return ranges, method, count, first
+    return ranges, method, len(samples), samples[0]
 
 
 def _random_input(shape: list):
@@ -337,5 +581,8 @@ def _verify(path, reference, input_name: str, x) -> dict:
     return {"loaded": True, "ran": True, "outputs_vs_fp32": outputs}
 
 
-def needs_labels(params) -> bool:
-    return False  # calibration reads images only
+def needs_labels(params, split: str | None = None) -> bool:
+    """Calibration reads images only; the max_map_drop search measures mAP on its tuning split."""
+    get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
+    tuning = get("tuning_split", "calibration")
+    return get("max_map_drop") is not None and (split is None or split == tuning)

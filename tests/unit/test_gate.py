@@ -86,3 +86,38 @@ def test_noisy_figures_and_runner_notes_reach_the_table():
     assert "host noisy" in next(line for line in text.splitlines() if line.startswith("a"))
     assert "a: latency noisy: CV 0.31 after 3 rounds" in text
     assert text.count("4 threads on 2 cores") == 1
+
+
+def test_int8_variants_say_how_they_were_quantized_and_what_stayed_float():
+    quant = {"mode": "static", "format": "qdq", "activation_type": "uint8",
+             "calibration": {"method": "entropy", "samples": 64, "cached": True},
+             "float_nodes": [{"node": "/Sigmoid", "op": "Sigmoid", "why": "decode tail of heatmap"},
+                             {"node": "/head/Conv", "op": "Conv", "why": "sensitivity rank 1 (adds error 0.3)"}],
+             "sensitivity": {"split": "calibration", "fp32_map": 0.64, "max_map_drop": 0.01, "met": True,
+                             "chosen": {"map": 0.635}, "curve": [{}, {}]}}
+    fp32, int8 = row(2.0, 2.0, 0.64), row(0.6, 2.5, 0.635)
+    int8["stage_facts"] = {"0.strip": {}, "1.export": {}, "2.quantize": quant}
+    text = gate.table(report_for({"fp32": fp32, "int8": int8}, {"size_mb": 10.0}))
+    line = next(n for n in text.splitlines() if n.startswith("int8: INT8"))
+    assert "INT8 static qdq, entropy calibration on 64 images (ranges from the cache)" in line
+    assert "1 decode tail of heatmap (/Sigmoid)" in line and "1 sensitivity (/head/Conv)" in line
+    assert "tuned on data.calibration: mAP 0.635 vs float 0.640 (max drop 0.01, met after 1 trials)" in line
+    assert "int8: INT8 is not faster than fp32 here (2.50 vs 2.00 ms)" in text
+    assert "fp32: INT8" not in text  # a float variant has no quantization line
+
+
+def test_the_model_card_lists_float_nodes_and_the_tuning_curve():
+    from release.publish import _quantization_section
+
+    quant = {"mode": "static", "format": "qoperator", "activation_type": "uint8",
+             "calibration": {"method": "minmax", "samples": 8, "cached": False},
+             "float_nodes": [{"node": "/Sigmoid", "op": "Sigmoid", "why": "decode tail of heatmap"}],
+             "sensitivity": {"split": "tuning", "fp32_map": 0.64, "max_map_drop": 0.01, "met": False,
+                             "chosen": {"map": 0.6},
+                             "curve": [{"fallback_groups": 0, "float_nodes": 1, "map": 0.5, "bytes": 600, "latency_ms": 1.0},
+                                       {"fallback_groups": 1, "float_nodes": 3, "map": 0.6, "bytes": 610, "latency_ms": 1.1}]}}
+    card = _quantization_section({"stage_facts": {"2.quantize": quant}})
+    assert card.startswith("## Quantization\nINT8 static qoperator, minmax calibration on 8 images")
+    assert "| `/Sigmoid` | Sigmoid | decode tail of heatmap |" in card
+    assert "NOT met after 1 trials" in card and "| 1 | 3 | 0.6000 | 610 | 1.10 |" in card
+    assert _quantization_section({"stage_facts": {"1.export": {}}}) == ""

@@ -116,7 +116,7 @@ def test_static_formats_run_close_to_fp32(fp32_model, tmp_path, fmt, expected_op
     else:
         assert "Conv" not in ops
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
-    assert facts["calibration"] == {"method": "minmax", "samples": 8}
+    assert {k: facts["calibration"][k] for k in ("method", "samples")} == {"method": "minmax", "samples": 8}
     assert json.loads(json.dumps(facts)) == facts
     assert facts["shape_inference"] in ("symbolic+onnx", "onnx")
     assert facts["check"]["ran"] and set(facts["check"]["outputs_vs_fp32"]) == {"scores", "boxes"}
@@ -149,23 +149,24 @@ def test_keep_float_ops_leaves_sigmoid_unquantized(fp32_model, tmp_path, fmt):
         consumers = [n.op_type for n in graph.node if set(n.input) & {o for s in sigmoid for o in s.output}]
         return [n.op_type for n in sigmoid], consumers
 
-    _, ctx = _run(fp32_model, tmp_path / "all", format=fmt, preprocess=False)
-    ops, consumers = sigmoid_and_consumers(ctx.output)  # by default it is quantized: the test can fail
+    _, ctx = _run(fp32_model, tmp_path / "all", format=fmt, preprocess=False, keep_float="none")
+    ops, consumers = sigmoid_and_consumers(ctx.output)  # without keep_float it is quantized: the test can fail
     if fmt == "qoperator":
         assert ops == ["QLinearSigmoid"]
     else:
         assert consumers == ["QuantizeLinear"]
 
-    facts, ctx = _run(fp32_model, tmp_path / "kept", format=fmt, preprocess=False, keep_float_ops=["Sigmoid"])
+    facts, ctx = _run(fp32_model, tmp_path / "kept", format=fmt, preprocess=False, keep_float_ops=["Sigmoid"],
+                      keep_float="none")
     ops, consumers = sigmoid_and_consumers(ctx.output)
     assert ops == ["Sigmoid"] and "QuantizeLinear" not in consumers
-    assert facts["nodes_kept_float"] == 1
+    assert facts["nodes_kept_float"] == 1 and facts["float_nodes"][0]["why"] == "keep_float_ops"
     _assert_close_to_fp32(fp32_model, ctx.output)
 
 
 def test_keep_float_nodes_keeps_matching_nodes_in_float(fp32_model, tmp_path):
     facts, ctx = _run(fp32_model, tmp_path, format="qoperator", preprocess=False, keep_float_nodes=["/reg/*"])
-    assert facts["excluded_node_names"] == ["/reg/Conv"]
+    assert [k["node"] for k in facts["float_nodes"] if k["why"] == "keep_float_nodes '/reg/*'"] == ["/reg/Conv"]
     graph = onnx.load(str(ctx.output)).graph
     assert [n.op_type for n in graph.node if n.name == "/reg/Conv"] == ["Conv"]
 
