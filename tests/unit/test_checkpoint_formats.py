@@ -82,18 +82,23 @@ def _map(project, manifest, weights, out) -> float:
     return accuracy.evaluate(ctx.output, manifest.model, manifest.data.eval)["map"]
 
 
+def _strip_ctx(project, path, name: str, out, params=None, **source) -> StageContext:
+    """A strip context for `path` under a tiny manifest whose source is that checkpoint."""
+    doc = tiny_manifest_dict()
+    doc.pop("demo")
+    doc["source"] = {"checkpoint": str(path), **source}
+    manifest = manifests.load(write_manifest(project.root, doc, name), project.root)
+    out.mkdir()
+    return StageContext(input=path, out_dir=out, params=params or strip.Params(), manifest=manifest,
+                        log=lambda m: None, spec_produces="weights")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_strips_loads_strictly_and_scores_like_the_raw_weights(tiny_project, raw, tmp_path, fmt):
     state, aux, raw_map = raw
     path, fields = _write(fmt, tmp_path, state, aux)
-    doc = tiny_manifest_dict()
-    doc.pop("demo")
-    doc["source"] = {"checkpoint": str(path), "format": "auto", **fields}
-    manifest = manifests.load(write_manifest(tiny_project.root, doc, f"{fmt}.yaml"), tiny_project.root)
-    out = tmp_path / "strip"
-    out.mkdir()
-    ctx = StageContext(input=path, out_dir=out, params=strip.Params(), manifest=manifest, log=lambda m: None,
-                       spec_produces="weights")
+    ctx = _strip_ctx(tiny_project, path, f"{fmt}.yaml", tmp_path / "strip", format="auto", **fields)
+    manifest = ctx.manifest
     facts = strip.run(ctx)
     assert facts["format"] == fmt
     model = load_weights(manifest.model, ctx.output)  # strict
@@ -115,14 +120,7 @@ def test_a_pickled_module_checkpoint_is_refused_without_trust(tiny_project, raw,
 
     state, aux, _ = raw
     path, _ = _write("yolov5", tmp_path, state, aux)
-    doc = tiny_manifest_dict()
-    doc.pop("demo")
-    doc["source"] = {"checkpoint": str(path)}
-    manifest = manifests.load(write_manifest(tiny_project.root, doc, "untrusted.yaml"), tiny_project.root)
-    out = tmp_path / "strip"
-    out.mkdir()
-    ctx = StageContext(input=path, out_dir=out, params=strip.Params(), manifest=manifest, log=lambda m: None,
-                       spec_produces="weights")
+    ctx = _strip_ctx(tiny_project, path, "untrusted.yaml", tmp_path / "strip")
     with pytest.raises(CheckpointError, match="needs code to unpickle") as err:
         strip.run(ctx)
     assert "source.trusted: true" in str(err.value) and "CenterNet" in str(err.value)
@@ -132,21 +130,14 @@ def test_strip_to_float16_storage_halves_the_file_and_keeps_the_map(tiny_project
     """YOLOv5's strip_optimizer stores fp16; strip's dtype: float16 does the same for any format."""
     state, aux, raw_map = raw
     path, fields = _write("yolov5", tmp_path, state, aux)
-    doc = tiny_manifest_dict()
-    doc.pop("demo")
-    doc["source"] = {"checkpoint": str(path), **fields}
-    manifest = manifests.load(write_manifest(tiny_project.root, doc, "fp16.yaml"), tiny_project.root)
     sizes = {}
     for dtype in ("float32", "float16"):
-        out = tmp_path / dtype
-        out.mkdir()
-        ctx = StageContext(input=path, out_dir=out, params=strip.Params(dtype=dtype), manifest=manifest,
-                           log=lambda m: None, spec_produces="weights")
+        ctx = _strip_ctx(tiny_project, path, "fp16.yaml", tmp_path / dtype, strip.Params(dtype=dtype), **fields)
         sizes[dtype] = strip.run(ctx)["bytes_after"]
         stored = load_file(str(ctx.output))
         assert {str(v.dtype) for v in stored.values() if v.is_floating_point()} == {f"torch.{dtype}"}
     assert sizes["float16"] < 0.55 * sizes["float32"]
-    assert _map(tiny_project, manifest, ctx.output, tmp_path / "map") == pytest.approx(raw_map, abs=0.01)
+    assert _map(tiny_project, ctx.manifest, ctx.output, tmp_path / "map") == pytest.approx(raw_map, abs=0.01)
 
 
 def test_weights_of_the_wrong_dtype_give_one_clear_line(tiny_project, raw, tmp_path):
@@ -157,14 +148,7 @@ def test_weights_of_the_wrong_dtype_give_one_clear_line(tiny_project, raw, tmp_p
     name = next(k for k, v in bad.items() if v.is_floating_point() and v.dim() == 4)
     bad[name] = bad[name].mul(127).round().to(torch.int8)  # an int8 tensor where the model has float32
     path, _ = _write("state_dict", tmp_path, bad, aux)
-    doc = tiny_manifest_dict()
-    doc.pop("demo")
-    doc["source"] = {"checkpoint": str(path)}
-    manifest = manifests.load(write_manifest(tiny_project.root, doc, "int8.yaml"), tiny_project.root)
-    out = tmp_path / "strip"
-    out.mkdir()
-    ctx = StageContext(input=path, out_dir=out, params=strip.Params(), manifest=manifest, log=lambda m: None,
-                       spec_produces="weights")
+    ctx = _strip_ctx(tiny_project, path, "int8.yaml", tmp_path / "strip")
     with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) have the wrong dtype, e.g. {name}: torch.int8, "
                                               r"model expects torch.float32.*float checkpoint") as err:
         strip.run(ctx)

@@ -70,7 +70,10 @@ def test_local_runner_agrees_with_in_process_onnxruntime(net):
     # The same model, threads and feeds: the fresh process should time it like this process does;
     # a shared 2-core host moves single figures by tens of percent, not by 2x.
     assert 0.5 < figure["p50_ms"] / here < 2.0, (figure["p50_ms"], here)
-    assert figure["provenance"] == "host" and figure["runner"] == "local"
+    assert figure["provenance"] == "host" and figure["runner"] == "local" and figure["cpu"] == figure["host_cpu"]
+    assert 0 < figure["min_ms"] <= figure["p50_ms"] <= figure["p90_ms"] <= figure["max_ms"] and figure["runs"] == 40
+    many = latency.measure(net, device(threads=64), SETTINGS)
+    assert "not the target's" in many["note"]  # more threads than this host has cores
 
 
 def test_local_runner_honours_the_thread_count(net):

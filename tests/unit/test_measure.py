@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from release.measure import accuracy, latency, size
+from release.measure import accuracy, size
 
 
 def export_tiny(path: Path, channels: int = 8) -> Path:
@@ -33,27 +33,6 @@ def test_size_counts_external_data(tmp_path):
     assert two["files"] == ["model.onnx", "model.onnx.data"]
     assert two["bytes"] == split.stat().st_size + (split.parent / "model.onnx.data").stat().st_size
     assert two["bytes"] > split.stat().st_size
-
-
-def device(name="tiny-host", **overrides) -> dict:
-    from release.targets import resolve
-
-    found, problem = resolve(name, {"threads": 1, **overrides} if name == "tiny-host" else overrides, {})
-    assert problem is None, problem
-    return found
-
-
-SETTINGS = {"warmup": 2, "runs": 30, "max_cv": 10.0, "rounds": 1}
-
-
-def test_latency_runs_in_a_fresh_process_with_the_requested_threads(tmp_path):
-    model = export_tiny(tmp_path / "m.onnx")
-    result = latency.measure(model, device(), SETTINGS)
-    assert result["runs"] == 30 and result["threads"] == 1 and result["runner"] == "local"
-    assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["max_ms"]
-    assert result["host_cpu"] and result["provenance"] == "host" and result["cpu"] == result["host_cpu"]
-    many = latency.measure(model, device(threads=64), SETTINGS)
-    assert "not the target's" in many["note"]  # more threads than this host has cores
 
 
 class OracleAdapter:
