@@ -157,7 +157,6 @@ class _ChunkReader:
 def run(ctx: StageContext) -> dict:
     """Quantize ctx.input into ctx.output; return facts for the stage record."""
     import os
-    import shutil
     import tempfile
     import time
     from collections import Counter
@@ -225,10 +224,7 @@ def run(ctx: StageContext) -> dict:
         del quantized
         facts["check"] = {"input": check_source, **_verify(out, Path(ctx.input), input_name, check_input)}
         seconds["verify"] = time.perf_counter() - t
-        try:
-            os.replace(out, ctx.output)
-        except OSError:
-            shutil.copyfile(out, ctx.output)
+        os.replace(out, ctx.output)
     size_in, size_out = Path(ctx.input).stat().st_size, ctx.output.stat().st_size
     seconds["total"] = time.perf_counter() - start
     facts.update(size_bytes_before=size_in, size_bytes_after=size_out,
