@@ -5,12 +5,12 @@ known_hosts apply exactly as they do for `ssh` at the prompt. Every call runs wi
 a password prompt), StrictHostKeyChecking (an unknown or changed host key is an error, not a
 question), a connect timeout and a timeout of its own.
 
-One measurement is three steps:
-1. list the device's cache folder (also proves the host is reachable and the login works);
-2. send what is not there yet: the model as `<sha256>.onnx` and the benchmark script as
-   `bench-<sha256>.py`, each written to a temporary name and renamed, so an interrupted copy never
-   looks complete and an unchanged model is never sent again;
-3. run the script with the device's own Python and onnxruntime and read back its JSON.
+One measurement is one connection when the device already holds the model and the script: the
+benchmark runs with the device's own Python and onnxruntime, and its JSON is read back. Otherwise
+that connection lists the device's cache folder instead, what is not there yet is sent — the model
+as `<sha256>.onnx` and the script as `bench-<sha256>.py`, each written to a temporary name and
+renamed, so an interrupted copy never looks complete and an unchanged model is never sent again —
+and a second connection runs the benchmark.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from release.errors import ReleaseError
 
 BENCH = Path(__file__).with_name("bench.py")
 MISSING = 3  # bench.py's exit status when onnxruntime does not import
+ABSENT, NO_DIR = 98, 97  # the first connection's: files to send (it listed the cache), or no cache folder
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,6 @@ class SshRunner:
     def _dir(self) -> str:
         return self.remote_dir.rstrip("/") or "."
 
-    def cached(self) -> set[str]:
-        """File names already in the device's cache folder (creating it)."""
-        d = _quote(self._dir())
-        done = self._ssh(f"mkdir -p {d} && ls -1 {d}", timeout=self.connect_timeout + 20, what="listing its cache")
-        if done.returncode != 0:
-            raise ReleaseError(f"{self.field_name}: {self.address} could not create or list {self.remote_dir}: "
-                               f"{done.stderr.decode(errors='replace').strip()[-500:]}. Set target.remote_dir to "
-                               f"a writable folder.")
-        return set(done.stdout.decode(errors="replace").split())
-
     def send(self, path: Path, name: str) -> None:
         """Copy a file to <remote_dir>/<name> atomically (temporary name, then rename)."""
         d = self._dir()
@@ -134,16 +125,9 @@ class SshRunner:
         started = time.perf_counter()
         model_name = f"{sha256(model)}.onnx"
         bench_name = f"bench-{sha256(BENCH)[:16]}.py"
-        present = self.cached()
-        listed = time.perf_counter()
-        sent = []
-        for path, name in ((BENCH, bench_name), (model, model_name)):
-            if name not in present:
-                self.send(path, name)
-                sent.append(path.name)
-        copied = time.perf_counter()
         d = self._dir()
-        args = " ".join([_quote(self.python), _quote(f"{d}/{bench_name}"), _quote(f"{d}/{model_name}"),
+        qdir, qbench, qmodel = _quote(d), _quote(f"{d}/{bench_name}"), _quote(f"{d}/{model_name}")
+        args = " ".join([_quote(self.python), qbench, qmodel,
                          *(shlex.quote(a) for a in ("--threads", str(threads), "--warmup", str(warmup), "--runs",
                                                     str(runs), "--provider", provider, "--options",
                                                     json.dumps(session_options or {}), "--max-cv", str(max_cv),
@@ -152,9 +136,28 @@ class SshRunner:
         # there is one), so that a hung run does not go on there after we stop waiting; we wait a
         # little longer, to hear it say so.
         limit = max(1, int(self.timeout))
-        command = (f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} {args}; "
-                   f"else exec {args}; fi")
-        done = self._ssh(command, timeout=self.timeout + 15, what="the benchmark", knob="target.timeout", remote=True)
+        run = f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} {args}; else exec {args}; fi"
+        # One connection when the device has the model and the script already (a re-measurement);
+        # otherwise that connection lists what the cache holds, and what is missing is sent.
+        first = (f"if [ -f {qbench} ] && [ -f {qmodel} ]; then {run}; fi; "
+                 f"mkdir -p {qdir} || exit {NO_DIR}; ls -1 {qdir}; exit {ABSENT}")
+        done = self._ssh(first, timeout=self.timeout + 15, what="the benchmark", knob="target.timeout", remote=True)
+        listed = copied = started
+        sent = []
+        if done.returncode == NO_DIR:
+            raise ReleaseError(f"{self.field_name}: {self.address} could not create {self.remote_dir}: "
+                               f"{done.stderr.decode(errors='replace').strip()[-500:]}. Set target.remote_dir to "
+                               f"a writable folder.")
+        if done.returncode == ABSENT:
+            present = set(done.stdout.decode(errors="replace").split())
+            listed = time.perf_counter()
+            for path, name in ((BENCH, bench_name), (model, model_name)):
+                if name not in present:
+                    self.send(path, name)
+                    sent.append(path.name)
+            copied = time.perf_counter()
+            done = self._ssh(run, timeout=self.timeout + 15, what="the benchmark", knob="target.timeout",
+                             remote=True)
         if done.returncode in (124, 137):  # timeout(1): TERM sent, or KILL after the grace period
             raise ReleaseError(f"{self.field_name}: {self.address} did not finish the benchmark within {limit} s "
                                f"(stopped there). Is the device busy or hung? Raise target.timeout if it is "
@@ -174,7 +177,8 @@ class SshRunner:
         finished = time.perf_counter()
         result.update({"runner": self.address, "provenance": "device", "sent": sent,
                        "overhead_s": {"list": round(listed - started, 3), "copy": round(copied - listed, 3),
-                                      "run": round(finished - copied, 3), "total": round(finished - started, 3)}})
+                                      "run": round(finished - max(copied, started), 3),
+                                      "total": round(finished - started, 3)}})
         return result
 
 

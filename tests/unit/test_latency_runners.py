@@ -124,7 +124,13 @@ def test_ssh_runner_measures_on_the_device_and_sends_an_unchanged_model_once(ssh
     assert not list(cached.parent.glob(".*.partial"))
     again = runner.measure(net, threads=1, warmup=2, runs=30)
     assert again["sent"] == []  # nothing is sent twice
-    assert again["overhead_s"]["copy"] < first["overhead_s"]["copy"] + 1.0
+    assert again["overhead_s"]["list"] == 0 and again["overhead_s"]["copy"] == 0  # one connection
+    assert first["overhead_s"]["list"] > 0 and first["overhead_s"]["copy"] > 0
+
+
+def test_an_unwritable_cache_folder_says_so(sshd, net, tmp_path):
+    with pytest.raises(ReleaseError, match=r"could not create /proc/release-bench.*target.remote_dir"):
+        _runner(sshd, tmp_path, remote_dir="/proc/release-bench").measure(net, threads=1, warmup=1, runs=30)
 
 
 def test_ssh_runner_through_the_target_profile(sshd, net, tmp_path):
