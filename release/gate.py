@@ -101,11 +101,11 @@ def quantization(row: dict) -> str | None:
     return line
 
 
-def _float_baseline(rows: dict) -> dict | None:
-    """The fp32 variant: the one named fp32, else the first whose pipeline ends at export."""
+def baseline(rows: dict) -> str | None:
+    """The fp32 variant's name: the one named fp32, else the first whose pipeline ends at export."""
     if "fp32" in rows:
-        return rows["fp32"]
-    return next((r for r in rows.values() if r.get("stages") and r["stages"][-1]["stage"] == "export"), None)
+        return "fp32"
+    return next((n for n, r in rows.items() if r.get("stages") and r["stages"][-1]["stage"] == "export"), None)
 
 
 def table(report: dict) -> str:
@@ -146,7 +146,7 @@ def table(report: dict) -> str:
             elif note not in seen:
                 seen.add(note)
                 notes.append(f"latency: {note}")
-    base = _float_baseline(report["variants"])
+    base = report["variants"].get(baseline(report["variants"]))
     for name, row in report["variants"].items():
         line = quantization(row)
         if line:

@@ -127,9 +127,10 @@ def layer_groups(graph, candidates: list[str]) -> list[list[str]]:
     for node in graph.node:
         for t in node.input:
             users[t] = users.get(t, 0) + 1
+    by_name = {n.name: n for n in graph.node}
     wanted, grouped, groups = set(candidates), set(), []
     for name in candidates:
-        node = next(n for n in graph.node if n.name == name)
+        node = by_name[name]
         before = producer.get(node.input[0]) if node.op_type in FUSED and node.input else None
         if before is not None and before.op_type in ANCHORS and before.name in wanted and users[node.input[0]] == 1:
             groups.append([before.name, name])

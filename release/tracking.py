@@ -22,6 +22,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from release import gate
 from release.atomic import read_json, write_json
 from release.errors import ReleaseError
 from release.fingerprint import file_sha256
@@ -105,11 +106,8 @@ def flat_params(row: dict, target: dict) -> dict[str, str]:
 
 
 def baseline(report: dict) -> str | None:
-    """The fp32 baseline: the variant named fp32, else the first whose pipeline ends at export."""
-    rows = report["variants"]
-    if "fp32" in rows:
-        return "fp32"
-    return next((n for n, r in rows.items() if r["stages"] and r["stages"][-1]["stage"] == "export"), None)
+    """The fp32 baseline (release.gate.baseline)."""
+    return gate.baseline(report["variants"])
 
 
 def variant_metrics(report: dict, name: str) -> dict[str, float]:
@@ -252,8 +250,6 @@ def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save
     import time
 
     from mlflow.entities import Metric, Param
-
-    from release import gate
 
     report = snapshot["report"]
     now = int(time.time() * 1000)

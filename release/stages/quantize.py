@@ -52,9 +52,14 @@ STATIC_ONLY = ("format", "activation_type", "calibration", "percentile", "num_bi
 CALIBRATION_CACHE_VERSION = 1
 
 
+def _getter(params):
+    """Field lookup on Params or on the raw dict a manifest wrote."""
+    return params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
+
+
 def reads(params) -> tuple[str, ...]:
     """Data splits this configuration reads (for the fingerprint): dynamic quantization reads none."""
-    get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
+    get = _getter(params)
     if get("mode", "static") != "static":
         return ()
     tuning = get("tuning_split", "calibration") if get("max_map_drop") is not None else "calibration"
@@ -328,7 +333,7 @@ def _ranges(ctx: StageContext, src, tmp, input_name: str, shape: list, samples: 
             return cached, {**info, "cached": True}
         except Exception:  # noqa: BLE001 - unreadable for any reason: drop it and calibrate
             cached.unlink(missing_ok=True)
-    ranges = _calibrate(ctx, src, tmp, input_name, shape, op_types, samples)[0]
+    ranges = _calibrate(ctx, src, tmp, input_name, shape, op_types, samples)
     path = Path(tmp) / "calibration.json"
     save_tensors_data(ranges, path)
     if cached is not None:
@@ -537,8 +542,7 @@ def _calibrate(ctx: StageContext, src, tmp, input_name: str, shape: list, op_typ
         while chunk := list(itertools.islice(stream, CALIBRATION_CHUNK)):
             calibrator.collect_data(_ChunkReader(input_name, chunk))
             bar.update(len(chunk))
-        ranges = calibrator.compute_data()
-    return ranges, method, len(samples), samples[0]
+        return calibrator.compute_data()
 
 
 def _random_input(shape: list):
@@ -579,6 +583,6 @@ def _verify(path, reference, input_name: str, x) -> dict:
 
 def needs_labels(params, split: str | None = None) -> bool:
     """Calibration reads images only; the max_map_drop search measures mAP on its tuning split."""
-    get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
+    get = _getter(params)
     tuning = get("tuning_split", "calibration")
     return get("max_map_drop") is not None and (split is None or split == tuning)
