@@ -1,21 +1,21 @@
-"""doit entry point: `doit release manifest=NAME` (default: rpi_detector.yaml).
-
-Thin on purpose: the plan and every action live in release/, and nothing heavy (torch,
-onnxruntime, mlflow) is imported here, so a no-op build costs a fraction of a second.
-"""
+"""doit entry point: `doit release manifest=NAME` (default: rpi_detector.yaml); `wait=SECONDS`
+queues behind another build of this folder. Thin on purpose: the plan and every action live in
+release/, and nothing heavy (torch, onnxruntime, mlflow) is imported here."""
 
 from doit import get_var
 
 from release import tasks
+from release.doitstate import CommittingReporter
 
 DOIT_CONFIG = {
     "dep_file": "artifacts/.doit.db",
     "backend": "sqlite3",
+    "reporter": CommittingReporter,  # each finished task's state is on disk at once (survives SIGKILL)
     "default_tasks": ["release"],
     "verbosity": 1,
 }
 
-PLAN = tasks.plan_for(get_var("manifest", "rpi_detector.yaml"))
+PLAN = tasks.plan_for(get_var("manifest", "rpi_detector.yaml"), lock_wait=get_var("wait", None))
 
 
 def task_check():

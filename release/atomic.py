@@ -1,9 +1,10 @@
 """Atomic outputs: a file or folder is either absent or complete, never half-written.
 
 Everything is written to a temporary sibling first and moved into place with os.replace, which is
-atomic on one filesystem. An interrupted build leaves only `<name>.tmp-*` siblings, which are never
-targets, so doit re-runs the task; the next write of the same name removes them (one task owns one
-name, so no other writer can be using them).
+atomic on one filesystem. An interrupted build leaves only `<name>.tmp-<pid>-*` siblings, which
+are never targets, so doit re-runs the task; the next write of the same name removes them, but only
+those whose writing process is gone: a live writer's temp file is never touched (another build, a
+`doit list` saving the hash cache, a parallel worker).
 """
 
 from __future__ import annotations
@@ -23,9 +24,26 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user holds that pid: alive
+        return True
+    return True
+
+
+def _prefix(final: Path) -> str:
+    return f"{final.name}{TMP_MARK}{os.getpid()}-"
+
+
 def _remove_stale(final: Path) -> None:
-    """Leftovers of an interrupted write of the same target."""
+    """Leftovers of an interrupted write of the same target, by a process that is gone."""
     for stale in final.parent.glob(glob.escape(final.name) + TMP_MARK + "*"):
+        owner = stale.name[len(final.name) + len(TMP_MARK):].split("-", 1)[0]
+        if owner.isdigit() and _alive(int(owner)):  # a live writer (this process too: a thread)
+            continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -39,14 +57,14 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(final)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + TMP_MARK, dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(final), dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a published folder must be readable
     try:
         yield tmp
         if final.exists():
             # A folder from an earlier, complete run of the same fingerprint: move it aside first
             # (os.replace cannot replace a non-empty folder), then drop it.
-            old = final.with_name(final.name + TMP_MARK + "old")
+            old = final.with_name(_prefix(final) + "old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(final, old)
@@ -65,7 +83,7 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator[Any]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(final)
-    fd, name = tempfile.mkstemp(prefix=final.name + TMP_MARK, dir=final.parent)
+    fd, name = tempfile.mkstemp(prefix=_prefix(final), dir=final.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -242,7 +242,7 @@ def sample_inputs(manifest, split: str, limit: int | None = None):
 
     from release.data import open_split
 
-    data = open_split(getattr(manifest.data, split))
+    data = open_split(getattr(manifest.data, split), split=split)
     adapter = load_adapter(manifest.model)
     for record in itertools.islice(data.images, limit):
         x, _ = adapter.preprocess(data.read_image(record))

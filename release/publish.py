@@ -1,8 +1,11 @@
 """The release bundle: the selected ONNX file, its metrics, a model card and a lock file.
 
 Written to artifacts/<name>/release/<version>/ by renaming a complete folder into place: a device or
-a CI job that reads it never sees a half-written release (replacing an earlier bundle of the same
-version takes two renames, so for an instant the folder may be absent, never partial).
+a CI job that reads it never sees a half-written release. A published version is immutable: its
+release.lock records the hash of every file in it, a build that would change it is refused, and
+one that finds it damaged or missing writes it again only when the content is exactly what was
+published (so for an instant during that repair the folder may be absent, never partial). `doit
+clean` forgets that a release was published; it never deletes a release.
 """
 
 from __future__ import annotations
@@ -130,23 +133,146 @@ Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 """
 
 
-def publish(report: dict, job: dict) -> dict:
-    from release import manifest as manifests
+BUNDLE_FILES = ("model.onnx", "metrics.json", "MODEL_CARD.md")
 
-    manifest = manifests.load(Path(job["manifest"]), Path(job["root"]))
+
+def _metrics(report: dict, name: str) -> dict:
+    import json
+
+    row = report["variants"][name]
+    metrics = {"name": report["name"], "version": report["version"], "variant": name,
+               **{k: row[k] for k in ("size_mb", "bytes", "latency_ms", "latency_p90_ms", "map", "map50",
+                                      "parameters", "checks", "latency")},
+               "macs": row.get("macs"), "zipped_mb": row.get("zipped_mb")}
+    return json.loads(json.dumps(metrics, default=str))  # as it reads back from metrics.json
+
+
+def verify(dest: Path) -> tuple[dict | None, str | None]:
+    """(lock, problem) of a published bundle: problem is None when every file matches the hash its
+    release.lock records; lock is None when the folder or its lock is missing or unreadable."""
+    from release.atomic import read_json
+
+    dest = Path(dest)
+    if not dest.is_dir():
+        return None, f"{dest} is missing"
+    try:
+        lock = read_json(dest / "release.lock")
+        files = lock["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{dest / 'release.lock'} is missing or unreadable"
+    for name in BUNDLE_FILES:
+        path = dest / name
+        if not path.is_file():
+            return lock, f"{path} is missing"
+        if file_sha256(path) != files.get(name):
+            return lock, f"{path} does not match the hash in release.lock (damaged or edited)"
+    return lock, None
+
+
+def is_current(job: dict) -> bool:
+    """doit uptodate for publish: the record names this report, and the bundle verifies."""
+    from release.atomic import read_json
+
+    try:
+        record = read_json(Path(job["out"]))
+        report_sha = file_sha256(Path(job["report"]))
+    except (OSError, ValueError):
+        return False
+    if record.get("report_sha256") != report_sha:
+        return False
+    if record.get("published") is None:
+        return True
+    return verify(Path(job["release_dir"]))[1] is None
+
+
+def _verified_artifact(row: dict, root: Path) -> Path:
+    """The selected variant's ONNX file, checked against the hash its stage recorded."""
+    from release.errors import ReleaseError
+    from release.runner import committed_record
+
+    artifact = root / row["artifact"]  # report paths are relative to the project root
+    if committed_record(artifact.parent, row["fingerprint"]) is None:
+        raise ReleaseError(f"{artifact}: does not match the hash its stage recorded in "
+                           f"{artifact.parent / 'stage.json'} (damaged or edited after it was built); "
+                           f"it was not published. Delete {artifact.parent} and run the build again.")
+    return artifact
+
+
+def publish(report: dict, job: dict, log=print) -> dict:
+    """Write the bundle of the selected variant, or confirm the one already there.
+
+    A published version never changes: an intact bundle with other content is refused (bump
+    `version`); a damaged or missing one is written again from verified artifacts, when what this
+    build would write is exactly what was published before."""
+    from release import manifest as manifests
+    from release.atomic import read_json
+    from release.errors import ReleaseError
+
+    root = Path(job["root"])
     name = report["selected"]
     row = report["variants"][name]
-    source = Path(job["root"]) / row["artifact"]  # report paths are relative to the project root
-    hashes = HashCache(Path(job["hash_cache"]))
+    source = _verified_artifact(row, root)
+    model_sha, metrics = file_sha256(source), _metrics(report, name)
     dest = Path(job["release_dir"])
+    result = {"published": relative(dest, root), "variant": name, "model_sha256": model_sha,
+              "metrics_sha256": _digest(metrics)}
+    lock, problem = verify(dest)
+    if dest.exists() and problem is None:
+        if lock.get("model_sha256") == model_sha and _digest(_read_or_none(dest / "metrics.json")) == _digest(metrics):
+            log(f"publish: {relative(dest, root)} already holds exactly this release; left as it is")
+            return result
+        raise ReleaseError(_immutable(dest, report, lock, model_sha, metrics))
+    if dest.exists():
+        try:
+            before = read_json(Path(job["out"]))
+        except (OSError, ValueError):
+            before = {}
+        same = before.get("published") is not None and before.get("model_sha256") == model_sha and \
+            before.get("metrics_sha256") == result["metrics_sha256"]
+        if not same:
+            raise ReleaseError(f"{dest}: the published release is damaged ({problem}), and this build would "
+                               f"not write the same content, so it is not replaced. Restore it from a copy, or "
+                               f"move it away and bump `version` in {Path(job['manifest']).name}.")
+        log(f"publish: {problem}; re-published {version_name(report)} from verified artifacts (same content)")
+    manifest = manifests.load(Path(job["manifest"]), root)
+    hashes = HashCache(Path(job["hash_cache"]))
     with atomic_dir(dest) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
         lock = _lock(report, job, manifest, hashes, tmp / "model.onnx")
-        write_json(tmp / "metrics.json", {"name": report["name"], "version": report["version"], "variant": name,
-                                          **{k: row[k] for k in ("size_mb", "bytes", "latency_ms", "latency_p90_ms",
-                                                                 "map", "map50", "parameters", "checks", "latency")},
-                                          "macs": row.get("macs"), "zipped_mb": row.get("zipped_mb")})
-        write_json(tmp / "release.lock", lock)
+        write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "MODEL_CARD.md", _card(report, lock))
+        lock["files"] = {f: file_sha256(tmp / f) for f in BUNDLE_FILES}
+        write_json(tmp / "release.lock", lock)
     hashes.save()
-    return {"published": relative(dest, Path(job["root"])), "variant": name, "model_sha256": lock["model_sha256"]}
+    return result
+
+
+def version_name(report: dict) -> str:
+    return f"{report['name']} {report['version']}"
+
+
+def _read_or_none(path: Path):
+    from release.atomic import read_json
+
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _digest(value) -> str:
+    from release.fingerprint import digest
+
+    return digest(value)
+
+
+def _immutable(dest: Path, report: dict, lock: dict, model_sha: str, metrics: dict) -> str:
+    published = _read_or_none(dest / "metrics.json") or {}
+    if lock.get("model_sha256") != model_sha:
+        what = (f"it holds variant {lock.get('variant')!r} (model sha256 {str(lock.get('model_sha256'))[:12]}…); "
+                f"this build selected {metrics['variant']!r} (sha256 {model_sha[:12]}…)")
+    else:
+        changed = sorted(k for k in set(published) | set(metrics) if published.get(k) != metrics.get(k))
+        what = f"same model, but its figures differ ({', '.join(changed)})"
+    return (f"{dest}: {version_name(report)} is already published and a published version never changes: "
+            f"{what}. Bump `version` in the manifest to release this build (the published one stays as it is).")

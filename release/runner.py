@@ -27,9 +27,43 @@ def guarded(fn):
             fn(job)
         except ReleaseError as exc:
             return TaskFailed(str(exc))
+        except Exception as exc:
+            # A full or read-only disk is said in one line whatever library tripped over it; any
+            # other exception is a bug and keeps its traceback.
+            from release.diskerrors import explain
+
+            message = explain(exc, _written_folder(job))
+            if message is None:
+                raise
+            return TaskFailed(message)
         return None
 
     return wrapper
+
+
+def _written_folder(job: dict) -> Path:
+    """Where an action writes (for naming a full or read-only disk)."""
+    for key in ("out_dir", "out", "report", "release_dir", "data_dir", "checkpoint"):
+        if job.get(key):
+            path = Path(job[key])
+            return path if key in ("out_dir", "release_dir", "data_dir") else path.parent
+    return Path(job["root"]) / "artifacts"
+
+
+def committed_record(out_dir: Path, fingerprint: str) -> dict | None:
+    """The record of a stage output already committed for this fingerprint, verified against the
+    output's hash; None when there is none or it does not verify."""
+    from release.fingerprint import file_sha256
+    from release.stages.base import OUTPUT_FILE
+
+    try:
+        record = read_json(out_dir / "stage.json")
+        output = out_dir / OUTPUT_FILE[record["produces"]]
+        if record["fingerprint"] != fingerprint or file_sha256(output) != record["output_sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record
 
 
 def _manifest(job: dict):
@@ -48,10 +82,15 @@ def run_stage(job: dict) -> None:
     from release.fingerprint import tool_versions
     from release.stages.base import StageContext
 
+    out_dir = Path(job["out_dir"])
+    if committed_record(out_dir, job["fingerprint"]) is not None:
+        # Committed by an earlier run whose end doit never recorded (it was killed): the folder is
+        # named by the fingerprint and was renamed into place complete, so it is this very output.
+        _log(f"{job['stage']}: output for {job['fingerprint'][:16]} already committed; not run again")
+        return
     module = stages.load(job["stage"])
     params = module.Params.model_validate(job["params_set"])
     started = time.perf_counter()
-    out_dir = Path(job["out_dir"])
     # Outside the atomic folder, named by the fingerprint: survives an interrupt, so a training
     # stage resumes; only the same stage instance (same fingerprint) ever reads it.
     resume = out_dir.with_name(out_dir.name + ".resume")
@@ -69,9 +108,12 @@ def run_stage(job: dict) -> None:
                                f"partial output was discarded; inputs: {job['input']}") from exc
         if not ctx.output.is_file():
             raise RuntimeError(f"stage {job['stage']} finished without writing {ctx.output.name}")
+        from release.fingerprint import file_sha256
+
         write_json(tmp / "stage.json", {
             "schema_version": RECORD_SCHEMA, "stage": job["stage"], "version": module.SPEC.version,
             "fingerprint": job["fingerprint"], "input": job["input"], "params": job["params"],
+            "produces": module.SPEC.produces, "output_sha256": file_sha256(ctx.output),
             "tools": tool_versions(), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
         })
     shutil.rmtree(resume, ignore_errors=True)
@@ -92,32 +134,56 @@ def preflight(job: dict) -> None:
 
 @guarded
 def make_demo_data(job: dict) -> None:
+    from release import ownership
     from release.demo import shapes
 
-    d = job["demo"]
-    with atomic_dir(Path(job["data_dir"])) as tmp:
+    d, data_dir = job["demo"], Path(job["data_dir"])
+    if ownership.owned_folder(data_dir, job["fingerprint"], "demo.data_dir"):
+        _log(f"demo data: {data_dir} already generated for {job['fingerprint'][:16]}; not generated again")
+        return
+    with atomic_dir(data_dir) as tmp:
         summary = shapes.generate(tmp, seed=d["seed"], image_size=d["image_size"],
                                   splits={"train": d["train_images"], "calibration": d["calibration_images"],
                                           "eval": d["eval_images"]})
+        ownership.mark_folder(tmp, job["fingerprint"])
     _log(f"demo data: {summary}")
 
 
 @guarded
 def train_demo(job: dict) -> None:
+    from release import ownership
     from release.demo import train
 
-    d, kwargs = job["demo"], job["model_kwargs"]
-    summary = train.train(Path(job["data_dir"]), Path(job["checkpoint"]), image_size=d["image_size"],
+    d, kwargs, checkpoint = job["demo"], job["model_kwargs"], Path(job["checkpoint"])
+    if ownership.owned_file(checkpoint, job["fingerprint"], "source.checkpoint"):
+        _log(f"demo training: {checkpoint} already trained for {job['fingerprint'][:16]}; not trained again")
+        return
+    ownership.claim_file(checkpoint, job["fingerprint"])
+    summary = train.train(Path(job["data_dir"]), checkpoint, image_size=d["image_size"],
                           steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
                           progress=_progress(),
                           **kwargs)
+    ownership.seal_file(checkpoint, job["fingerprint"])
     _log(f"demo training: {summary}")
+
+
+def _measured(job: dict) -> bool:
+    """A measurement file is named by everything that decides its figure (model fingerprint, data,
+    code, tool versions, target): one committed by an earlier, killed run is this measurement."""
+    try:
+        read_json(Path(job["out"]))
+    except (OSError, ValueError):
+        return False
+    _log(f"{Path(job['out']).name}: already measured; not measured again")
+    return True
 
 
 @guarded
 def measure_size(job: dict) -> None:
     from release.measure import size
 
+    if _measured(job):
+        return
     write_json(Path(job["out"]), size.measure(Path(job["model"])))
 
 
@@ -125,6 +191,8 @@ def measure_size(job: dict) -> None:
 def measure_map(job: dict) -> None:
     from release.measure import accuracy
 
+    if _measured(job):
+        return
     manifest = _manifest(job)
     result = accuracy.evaluate(Path(job["model"]), manifest.model, manifest.data.eval)
     _log(f"mAP@[.5:.95] {result['map']:.4f}  mAP@.5 {result['map50']:.4f}  on {result['images']} images")
@@ -135,12 +203,24 @@ def measure_map(job: dict) -> None:
 def measure_latency(job: dict) -> None:
     from release.measure import latency
 
+    if _measured(job):
+        return
     result = latency.measure(Path(job["model"]), job["device"], job["measure"])
     result["target"] = job["device"]["name"]
     _log(f"latency p50 {result['p50_ms']:.2f} ms  p90 {result['p90_ms']:.2f} ms  CV {result['cv']:.2f}  "
          f"({result['provenance']}: {result['cpu']}, {result['threads']} threads, {result['runner']} runner)"
          + (f"  [{result['note']}]" if result["note"] else ""))
     write_json(Path(job["out"]), result)
+
+
+def report_is_current(path: str, key: str) -> bool:
+    """doit uptodate for the gate (and the model check): its output was made from exactly this plan
+    (variants, their fingerprints and measurement files, budgets, target), which it records as its
+    key; doit's memory of an earlier run is not enough (a killed run may have rewritten the file)."""
+    try:
+        return read_json(Path(path)).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _last_fact(records: list[dict], key: str):
@@ -172,7 +252,7 @@ def gate(job: dict) -> None:
         rows[name] = row
     provenance = gates.latency_provenance(rows, job["target"])
     report = {
-        "schema_version": RECORD_SCHEMA, "name": job["name"], "version": job["version"],
+        "schema_version": RECORD_SCHEMA, "key": job["key"], "name": job["name"], "version": job["version"],
         "target": job["target"], "budget": job["budget"], "select": job["select"],
         "latency_provenance": provenance, "variants": rows,
     }
@@ -188,9 +268,11 @@ def gate(job: dict) -> None:
 def publish(job: dict) -> None:
     from release import publish as pub
 
+    from release.fingerprint import file_sha256
+
     report = read_json(Path(job["report"]))
-    result = pub.publish(report, job) if report["selected"] else {"published": None}
-    write_json(Path(job["out"]), result)
+    result = pub.publish(report, job, log=_log) if report["selected"] else {"published": None}
+    write_json(Path(job["out"]), {**result, "report_sha256": file_sha256(Path(job["report"]))})
 
 
 @guarded
@@ -229,6 +311,11 @@ def show_result(job: dict):
     if not report["passed"]:
         return TaskFailed(f"no variant of {report['name']} meets its budgets:\n{gates.missed(report)}\n"
                           f"(report: {job['report']})")
+    from release.publish import verify
+
     published = read_json(Path(job["publish"]))
+    problem = verify(Path(job["root"]) / published["published"])[1]
+    if problem is not None:  # publish verified it; something changed it since
+        return TaskFailed(f"the release is not as published: {problem}. Run the build again to restore it.")
     print(f"released {report['selected']} -> {published['published']}")
     return None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from doit.tools import config_changed
-
-from release import runner
+from release import ownership, runner
 from release.graph import Plan, relative, short
 
 
@@ -36,17 +34,21 @@ def demo_tasks(plan: Plan):
     ann = [demo.data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
     yield {
         "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
-        "actions": [(runner.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir))])],
-        "targets": _rel(plan, ann), "uptodate": [config_changed(plan.demo_fp["data"])],
-        "clean": [_rmtree(demo.data_dir)], "verbosity": 2,
+        "actions": [(runner.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir),
+                                                  fingerprint=plan.demo_fp["data"])])],
+        "targets": _rel(plan, ann),
+        "uptodate": [(ownership.is_current_folder, [str(demo.data_dir), plan.demo_fp["data"]])],
+        "clean": [(ownership.remove_owned, [str(demo.data_dir)])], "verbosity": 2,
     }
     yield {
         "name": "train", "doc": "train the demo detector; writes a Lightning-style training checkpoint",
         "actions": [(runner.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
                                               checkpoint=str(plan.manifest.source.checkpoint),
-                                              model_kwargs=plan.manifest.model.kwargs)])],
+                                              model_kwargs=plan.manifest.model.kwargs,
+                                              fingerprint=plan.demo_fp["train"])])],
         "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.manifest.source.checkpoint]),
-        "uptodate": [config_changed(plan.demo_fp["train"])], "clean": True, "verbosity": 2,
+        "uptodate": [(ownership.is_current_file, [str(plan.manifest.source.checkpoint), plan.demo_fp["train"]])],
+        "clean": [(ownership.remove_owned, [str(plan.manifest.source.checkpoint)])], "verbosity": 2,
         "task_dep": _check_dep(plan),
     }
 
@@ -67,7 +69,8 @@ def check_tasks(plan: Plan):
     yield {
         "name": plan.manifest.name, "doc": "check the manifest against the model before anything trains",
         "actions": [(runner.preflight, [_job(plan, out=str(out), key=key)])],
-        "targets": _rel(plan, [out]), "uptodate": [config_changed(key)], "clean": True, "verbosity": 2,
+        "targets": _rel(plan, [out]), "uptodate": [(runner.report_is_current, [str(out), key])], "clean": True,
+        "verbosity": 2,
     }
 
 
@@ -135,15 +138,21 @@ def gate_task(plan: Plan) -> dict:
                "records": [str(plan.nodes[fp].record) for fp in plan.chains[name]]}
         for name, node in plan.final.items()
     }
+    from release.fingerprint import digest
+
     job = _job(plan, name=m.name, version=m.version, budget=m.budget.model_dump(mode="json"), select=m.select,
                target=m.device, variants=variants, **_report_paths(plan))
     deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
+    # The report records the key it was made from; up to date means that key, not doit's memory of
+    # an earlier run (a killed run may have rewritten the report from another plan).
+    # Paths are relative: a project copied or restored elsewhere is still up to date.
+    job["key"] = digest({k: job[k] for k in ("name", "version", "budget", "select", "target")},
+                        {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
     return {
         "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",
         "actions": [(runner.gate, [job])], "file_dep": _rel(plan, deps),
         "targets": _rel(plan, [job["report"], job["report_md"]]),
-        "uptodate": [config_changed({k: job[k] for k in ("name", "version", "budget", "select", "target")}
-                                    | {"variants": {n: v["fingerprint"] for n, v in variants.items()}})],
+        "uptodate": [(runner.report_is_current, [job["report"], job["key"]])],
         "clean": True,
     }
 
@@ -154,11 +163,15 @@ def publish_task(plan: Plan) -> dict:
     release_dir = plan.release_dir / "release" / m.version
     job = _job(plan, report=paths["report"], out=paths["publish"], release_dir=str(release_dir),
                hash_cache=str(plan.artifacts / ".cache" / "hashes.json"))
+    from release import publish
+
     return {
         "name": m.name, "doc": f"publish the selected variant to {release_dir}",
         "actions": [(runner.publish, [job])], "file_dep": _rel(plan, [paths["report"]]),
         "targets": _rel(plan, [paths["publish"]]),
-        "uptodate": [config_changed(m.version)], "clean": [_rmtree(release_dir)],
+        # Up to date: the record names this very report and the bundle verifies against its lock.
+        # clean forgets the record only: a published release is never deleted by the build.
+        "uptodate": [(publish.is_current, [job])], "clean": True, "verbosity": 2,
     }
 
 
@@ -179,7 +192,7 @@ def release_task(plan: Plan) -> dict:
     m = plan.manifest
     return {
         "doc": f"build, measure, gate, publish and track every variant of {m.name} (manifest=NAME)",
-        "actions": [(runner.show_result, [_report_paths(plan)])],
+        "actions": [(runner.show_result, [{**_report_paths(plan), "root": str(plan.root)}])],
         "task_dep": [f"publish:{m.name}", f"track:{m.name}"], "verbosity": 2, "uptodate": [False],
     }
 
@@ -195,18 +208,42 @@ def ui_task(plan: Plan) -> dict:
     }
 
 
-def plan_for(manifest_name: str, root: Path | None = None) -> Plan:
-    """Load and plan a manifest for dodo.py; a user mistake exits with the message, not a traceback."""
+def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | float | None = None,
+             lock: bool | None = None) -> Plan:
+    """Load and plan a manifest for dodo.py; a user mistake exits with the message, not a traceback.
+
+    A build (anything but `doit list`, `info`, `ui`, ...) first takes the project's build lock, so two
+    builds of one folder never run at once; `lock_wait` (doit's `wait=SECONDS`, or RELEASE_LOCK_WAIT)
+    queues behind the running one."""
+    import os
     import sys
 
-    from release import graph, manifest
+    from release import buildlock, graph, manifest
+    from release.diskerrors import explain
     from release.errors import ReleaseError
 
     root = Path(root) if root is not None else Path.cwd()
     try:
+        if lock if lock is not None else buildlock.needs_lock(sys.argv):
+            buildlock.acquire(root / "artifacts", _seconds(lock_wait or os.environ.get("RELEASE_LOCK_WAIT") or 0))
         loaded = manifest.load(manifest.resolve(manifest_name, root), root)
         (root / "artifacts").mkdir(exist_ok=True)
         return graph.build(loaded, root)
     except ReleaseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
+    except OSError as exc:
+        message = explain(exc, root / "artifacts")
+        if message is None:
+            raise
+        print(f"ERROR: {message}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def _seconds(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        from release.errors import ReleaseError
+
+        raise ReleaseError(f"wait={value!r}: give the seconds to wait for another build, e.g. wait=600.") from None

@@ -65,7 +65,7 @@ class TrainSet:
         return len(self.inputs)
 
 
-def load_train_set(ref, adapter, labels: bool = True) -> TrainSet:
+def load_train_set(ref, adapter, labels: bool = True, split_name: str = "train") -> TrainSet:
     """Read and preprocess every image of a split (threads: PNG decoding releases the GIL).
 
     The whole split is held in memory as float32 (the demo's 3,000 images of 128x128: 590 MB);
@@ -76,7 +76,7 @@ def load_train_set(ref, adapter, labels: bool = True) -> TrainSet:
 
     from release.data import open_split
 
-    split = open_split(ref)
+    split = open_split(ref, split=split_name)
 
     def one(record):
         x, meta = adapter.preprocess(split.read_image(record))

@@ -49,7 +49,8 @@ def tiny_config() -> dict:
 
 def _load(data_dir: Path, adapter: Adapter) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Every training image preprocessed once into one array; boxes in network-input pixels."""
-    split = load_split(Path(data_dir) / "train" / "annotations.json", Path(data_dir) / "train" / "images")
+    split = load_split(Path(data_dir) / "train" / "annotations.json", Path(data_dir) / "train" / "images",
+                       split="train")
 
     def one(record):
         x, meta = adapter.preprocess(split.read_image(record))

@@ -10,7 +10,7 @@ from pathlib import Path
 from release.measure import input_dtype
 
 
-def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False) -> dict:
+def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False, split: str = "eval") -> dict:
     """mAP@[.5:.95] and mAP@.5 of the ONNX file on a COCO split (pycocotools, bbox)."""
     import onnxruntime as ort
     from pycocotools.coco import COCO
@@ -21,7 +21,7 @@ def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False) -> d
     from release.model import load_adapter
 
     started = time.perf_counter()
-    data = load_split(eval_ref.annotations, eval_ref.images, eval_ref.limit)
+    data = load_split(eval_ref.annotations, eval_ref.images, eval_ref.limit, split=split)
     adapter = load_adapter(model_spec)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name, dtype = session.get_inputs()[0].name, input_dtype(session)

@@ -375,11 +375,11 @@ def _search(ctx: StageContext, src, out, tmp, ranges_file, op_types, kept, graph
 
     def measured(path, extra: int) -> dict:  # extra: layer groups in float by sensitivity
         return {"float_nodes": floats + sum(len(g) for g in order[:extra]), "fallback_groups": extra,
-                "map": accuracy.evaluate(path, manifest.model, ref)["map"], "bytes": Path(path).stat().st_size,
+                "map": accuracy.evaluate(path, manifest.model, ref, split=p.tuning_split)["map"], "bytes": Path(path).stat().st_size,
                 "latency_ms": _quick_latency(path, input_name, samples[0])}
 
     ctx.log(f"quantize: tuning to a max mAP drop of {p.max_map_drop} on data.{p.tuning_split}")
-    fp32 = accuracy.evaluate(ctx.input, manifest.model, ref)["map"]
+    fp32 = accuracy.evaluate(ctx.input, manifest.model, ref, split=p.tuning_split)["map"]
     curve = [measured(out, 0)]
     record = {"split": p.tuning_split, "max_map_drop": p.max_map_drop, "fp32_map": fp32}
     holds = lambda point: fp32 - point["map"] <= p.max_map_drop  # noqa: E731
