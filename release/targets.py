@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,8 +43,14 @@ class Profile(BaseModel):
     python: str = Field("python3", description="the device's Python (ssh runner); it must have onnxruntime")
     remote_dir: str = Field(".cache/release-bench", description="folder on the device (relative to the login's "
                                                                 "home) where models are cached by content")
-    ssh_options: list[str] = Field(default_factory=list, description="extra ssh arguments, e.g. ['-i', 'key']; "
+    ssh_options: list[str] = Field(default_factory=list, description="extra ssh arguments, e.g. ['-i', 'key'] (or "
+                                                                     "one string, split like a shell would); "
                                                                      "~/.ssh/config applies anyway")
+    allow_local_commands: bool = Field(False, description="let ssh_options run or load code on this build host "
+                                                          "(ProxyCommand, LocalCommand, KnownHostsCommand, Match exec, "
+                                                          "PKCS11Provider, -F another config file, ...): they are "
+                                                          "refused unless this is true, since a manifest is not "
+                                                          "expected to run commands on the machine that builds it")
     connect_timeout: float = Field(10, gt=0, description="seconds to connect and log in (ssh runner)")
     timeout: float = Field(600, gt=0, description="seconds the benchmark may run, locally or on the device (where "
                                                   "it is also stopped); connecting and copying have limits of "
@@ -53,9 +60,94 @@ class Profile(BaseModel):
     @field_validator("runner")
     @classmethod
     def _runner(cls, v: str) -> str:
-        if v not in ("local", "estimate") and not SSH_URL.fullmatch(v):
+        if v in ("local", "estimate"):
+            return v
+        match = SSH_URL.fullmatch(v)
+        if not match:
             raise ValueError("a runner is local, estimate or ssh://user@host[:port]")
+        problem = port_problem(match.group(3))
+        if problem:
+            raise ValueError(problem)
         return v
+
+    @field_validator("ssh_options", mode="before")
+    @classmethod
+    def _ssh_options(cls, v):
+        if isinstance(v, str):  # one string, as it would be typed after `ssh`
+            try:
+                v = shlex.split(v)
+            except ValueError as exc:
+                raise ValueError(f"ssh_options are not valid shell words ({exc})") from None
+        if isinstance(v, (list, tuple)) and all(isinstance(a, str) for a in v):
+            problem = parse_ssh_options(list(v))[1]
+            if problem:
+                raise ValueError(problem)
+        return v
+
+
+def port_problem(port: str | None) -> str | None:
+    """Why an ssh:// address's port is not one, or None (no port: ssh's default)."""
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"port {int(port)} is out of range (an SSH port is 1-65535)"
+    return None
+
+
+# OpenSSH's own getopt string (ssh.c): a letter followed by ':' takes a value, in the same word
+# (-p2222, -oKey=value) or in the next one. Reading options the way ssh does is what makes the
+# check below sound: `-i -oProxyCommand=x` names an identity file, `-qoProxyCommand=x` is -q -o.
+SSH_GETOPT = "1246ab:c:e:fgi:kl:m:no:p:qstvxAB:CD:E:F:GI:J:KL:MNO:P:Q:R:S:TVw:W:XYy"
+_WITH_VALUE = {c for i, c in enumerate(SSH_GETOPT) if SSH_GETOPT[i + 1:i + 2] == ":"}
+# ssh_config keywords that run a command, or load code, on the machine that runs ssh (lower case).
+LOCAL_COMMAND_KEYS = {"proxycommand": "ProxyCommand", "localcommand": "LocalCommand",
+                      "permitlocalcommand": "PermitLocalCommand", "knownhostscommand": "KnownHostsCommand",
+                      "match": "Match", "include": "Include", "pkcs11provider": "PKCS11Provider",
+                      "securitykeyprovider": "SecurityKeyProvider", "proxyusefdpass": "ProxyUseFdpass"}
+NO_CONFIG = {"/dev/null", "none"}  # -F /dev/null or -F none: no config file at all, which is safe
+
+
+def parse_ssh_options(args: list[str]) -> tuple[list[tuple[str, str]], str | None]:
+    """ssh_options as ssh's getopt reads them: ([(flag, value)], None) or ([], what is wrong). A -o
+    value is a config line, `Key=Value` or `Key Value`."""
+    found: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("-") or word in ("-", "--"):
+            return [], (f"ssh_options hold only options (each word starts with '-'), got {word!r}: the address "
+                        f"and the command are the runner's")
+        j = 1
+        while j < len(word):
+            flag = word[j]
+            if flag in _WITH_VALUE:
+                if j + 1 < len(word):
+                    value = word[j + 1:]
+                elif i + 1 < len(args):
+                    i += 1
+                    value = args[i]
+                else:
+                    return [], f"ssh option -{flag} needs a value"
+                found.append((flag, value))
+                break
+            found.append((flag, ""))
+            j += 1
+        i += 1
+    return found, None
+
+
+def local_command_options(args: list[str]) -> list[str]:
+    """The ssh_options that run or load code on this machine (empty if none)."""
+    found, _ = parse_ssh_options(list(args))
+    named = []
+    for flag, value in found:
+        if flag == "o":
+            key = re.split(r"[\s=]", value.strip(), maxsplit=1)[0].lower()
+            if key in LOCAL_COMMAND_KEYS:
+                named.append(LOCAL_COMMAND_KEYS[key])
+        elif flag == "F" and value not in NO_CONFIG:  # a config file can hold any of them
+            named.append("-F")
+        elif flag == "I":  # a PKCS#11 library, loaded into ssh
+            named.append("-I")
+    return named
 
 
 BUILTIN: dict[str, Profile] = {
@@ -81,6 +173,12 @@ def resolve(name: str, overrides: dict, defined: dict[str, Profile]) -> tuple[di
     threads = resolved.threads or resolved.cores
     if threads is None:
         return None, f"target '{name}' has neither threads nor cores: give target.threads."
+    risky = local_command_options(resolved.ssh_options)
+    if risky and not resolved.allow_local_commands:
+        return None, (f"target.ssh_options {shlex.join(resolved.ssh_options)!r}: {', '.join(dict.fromkeys(risky))} "
+                      f"runs a command (or loads code) on this build host, not on the device. If you mean it, set "
+                      f"allow_local_commands: true on the target; for a jump host use -J / ProxyJump, which is "
+                      f"allowed.")
     if resolved.runner == "estimate" and resolved.speed_ratio is None:
         return None, ("runner: estimate needs target.speed_ratio (the device's latency divided by this host's, "
                       "measured once on one model).")

@@ -47,18 +47,26 @@ class SshRunner:
 
     @classmethod
     def parse(cls, url: str, **kwargs) -> SshRunner:
-        from release.targets import SSH_URL
+        from release.targets import SSH_URL, parse_ssh_options, port_problem
 
         match = SSH_URL.fullmatch(url)
         if not match:
             raise ReleaseError(f"target.runner: '{url}' is not an SSH address. Write ssh://user@host or "
                                f"ssh://user@host:port (or 'local').")
         user, host, port = match.groups()
-        return cls(user=user, host=host.strip("[]"), port=int(port) if port else None, **kwargs)
+        problem = port_problem(port)
+        if problem:  # port 0 would be dropped below and ssh would go to port 22 instead
+            raise ReleaseError(f"target.runner: '{url}': {problem}.")
+        options = tuple(kwargs.pop("options", ()))
+        _, problem = parse_ssh_options(list(options))
+        if problem:
+            raise ReleaseError(f"target.ssh_options: {problem}.")
+        return cls(user=user, host=host.strip("[]"), port=int(port) if port else None, options=options, **kwargs)
 
     @property
     def address(self) -> str:
-        return f"ssh://{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+        port = f":{self.port}" if self.port is not None else ""
+        return f"ssh://{self.user + '@' if self.user else ''}{self.host}{port}"
 
     def _ssh(self, command: str, *, stdin=None, timeout: float, what: str, knob: str = "target.connect_timeout",
              remote: bool = False) -> subprocess.CompletedProcess:
@@ -67,7 +75,7 @@ class SshRunner:
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}", "-o", "ServerAliveInterval=5",
                "-o", "ServerAliveCountMax=3"]
-        if self.port:
+        if self.port is not None:
             cmd += ["-p", str(self.port)]
         if self.user:
             cmd += ["-l", self.user]

@@ -212,3 +212,37 @@ def test_the_profile_s_session_options_and_provider_reach_the_session(net, tmp_p
     assert list(tmp_path.glob("ort-profile*.json"))
     with pytest.raises(ReleaseError, match="execution provider NoSuchExecutionProvider is not available"):
         latency.measure(net, device(provider="NoSuchExecutionProvider"), SETTINGS)
+
+
+def test_port_zero_is_refused_not_dropped():
+    # ssh://host:0 used to lose its port (0 is falsy) and go to port 22 instead.
+    for port in (0, 70000):
+        with pytest.raises(ReleaseError, match=rf"port {port} is out of range \(an SSH port is 1-65535\)"):
+            SshRunner.parse(f"ssh://pi@pi4:{port}")
+    with pytest.raises(ReleaseError, match="ssh_options hold only options"):
+        SshRunner.parse("ssh://pi@pi4", options=("evil.example",))
+
+
+def test_a_proxycommand_in_the_manifest_never_runs_and_an_opted_in_localcommand_does(sshd, net, tmp_path):
+    """With the real OpenSSH client against the real sshd: the manifest that would run a local
+    command is refused at load, before any ssh starts; the one that opts in gets its command run."""
+    from release.errors import ManifestError
+    from release.manifest import load
+    from tests.conftest import tiny_manifest_dict, write_manifest
+
+    marker = tmp_path / "ran-on-the-build-host"
+    # The real client runs this on the build host before it connects (checked by hand: the marker
+    # appears even though the "proxy" then fails).
+    proxy = f"sh -c 'touch {marker}'"
+    target = {"name": "rpi4", "runner": f"ssh://{sshd.user}@127.0.0.1:{sshd.port}", "python": sys.executable,
+              "threads": 1, "remote_dir": str(tmp_path / "cache"), "connect_timeout": 5,
+              "ssh_options": [*ssh_options(sshd), "-oProxyCommand=" + proxy]}
+    with pytest.raises(ManifestError, match="ProxyCommand runs a command"):
+        load(write_manifest(tmp_path, tiny_manifest_dict(target=target)), tmp_path)
+    assert not marker.exists()
+
+    target["ssh_options"] = [*ssh_options(sshd), "-o", "PermitLocalCommand=yes", "-o", f"LocalCommand=touch {marker}"]
+    target["allow_local_commands"] = True
+    dev = load(write_manifest(tmp_path, tiny_manifest_dict(target=target)), tmp_path).device
+    figure = latency.measure(net, dev, SETTINGS)
+    assert figure["provenance"] == "device" and marker.exists()  # opted in: the harmless command ran
