@@ -1,7 +1,10 @@
 """Reading training checkpoints safely, finding the weights inside, and diagnosing mismatches.
 
 Pickles are loaded with `weights_only=True` unless the manifest says `trusted: true`: a checkpoint
-that needs code to unpickle is refused with the reason, never executed.
+that needs code to unpickle is refused with the reason, never executed. Before any loading, a zip
+checkpoint's CRCs are checked (a flipped bit is a damaged file, not silently different weights) and
+the globals its pickles name are read opcode by opcode: a file that asks for os.system, eval & co.
+is refused even when trusted, since no training run writes one.
 """
 
 from __future__ import annotations
@@ -20,40 +23,185 @@ TRAINING_KEYS = ("optimizer_states", "optimizer", "lr_schedulers", "param_schedu
                  "loops", "message_hub", "epoch", "global_step", "hyper_parameters", "meta")
 
 
+# Globals no training run pickles: loading a file that names one runs a command, code or I/O.
+# Module roots: every name in them is refused; builtins and a few others: the names listed.
+DANGEROUS_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "_posixsubprocess", "pty", "shutil", "socket", "_socket", "ssl",
+    "runpy", "importlib", "imp", "ctypes", "_ctypes", "webbrowser", "commands", "popen2", "multiprocessing",
+    "pdb", "bdb", "code", "codeop", "marshal", "pickle", "_pickle", "dill", "cloudpickle", "sys", "asyncio",
+    "urllib", "urllib2", "http", "httplib", "ftplib", "smtplib", "telnetlib", "requests", "timeit", "cProfile",
+    "profile", "trace", "pydoc", "signal", "operator", "_operator", "sysconfig", "distutils", "pip",
+})
+DANGEROUS_NAMES = frozenset(
+    {f"{b}.{n}" for b in ("builtins", "__builtin__") for n in (
+        "eval", "exec", "execfile", "compile", "__import__", "getattr", "setattr", "delattr", "open", "file",
+        "input", "breakpoint", "globals", "locals", "vars", "reload", "apply", "exit", "quit", "help")}
+    | {"io.open", "_io.open", "io.FileIO", "_io.FileIO", "numpy.testing._private.utils.runstring",
+       "types.FunctionType", "types.CodeType", "types.LambdaType", "types.MethodType", "types.ModuleType",
+       "torch.load", "torch.hub.load", "torch.hub.load_state_dict_from_url", "torch.serialization.load"})
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                         "SHORT_BINSTRING"})
+_NO_PUSH = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME", "STOP", "POP", "POP_MARK"})
+HIDDEN = "(a callable whose name the file hides)"
+
+
 def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any]:
-    """(format, loaded object). Never runs pickled code unless trusted."""
+    """(format, loaded object). Never runs pickled code unless trusted, and never code that runs commands."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file. Point source.checkpoint at the file "
+                              f"the training run saved (e.g. last.ckpt, best.pt).")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found. Check source.checkpoint in the manifest.")
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the file ({exc.strerror or exc}). Check its permissions.") from None
+    if size == 0:
         raise CheckpointError(f"{path}: the file is empty. Re-export or re-download the checkpoint.")
-    with open(path, "rb") as handle:
-        head = handle.read(16)
     if fmt == "safetensors" or (fmt == "auto" and path.suffix == ".safetensors"):
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return "safetensors", load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}).") from None
+        except Exception as exc:  # the safetensors reader runs no code from the file; any failure is a bad file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)}). The file may be "
+                                  f"truncated or damaged: copy it again, or set source.format.") from None
 
-    import pickle
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        looks = " It looks like safetensors: set source.format: safetensors." if head[8:9] == b"{" else ""
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head[:8]!r}).{looks} "
+                              f"Check source.checkpoint, or set source.format.")
+    names = _check_container(path, head)  # damaged zips and code-running payloads: refused before loading
+    obj = _load(path, names, trusted)
+    return _detect(path, obj, fmt), obj
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _check_container(path: Path, head: bytes) -> list[str]:
+    """The globals the file's pickles name, after checking a zip's CRCs; refuses what runs commands."""
     import zipfile
+    import zlib
+
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # reads every record and compares it with its stored CRC-32
+                if bad is not None:
+                    raise CheckpointError(
+                        f"{path}: the file is damaged: the bytes of its record '{bad}' do not match the checksum "
+                        f"stored with them (changed on disk or in transfer). Copy it again from where it was "
+                        f"trained.")
+                pickles = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError,
+                RuntimeError) as exc:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: the file is truncated or damaged "
+                                  f"({_first_line(exc)}). Copy it again.") from None
+        if not pickles:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: a zip file without the data.pkl "
+                                  f"a torch.save archive holds. Check source.checkpoint.")
+        names = []
+        for data in pickles:
+            found = _globals_of(data)
+            if found is None:
+                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: its pickle is malformed. "
+                                      f"The file may be damaged: copy it again.")
+            names += found
+    else:
+        names = _legacy_globals(path)
+    dangerous = [n for n in dict.fromkeys(names) if _is_dangerous(n)]
+    if dangerous:
+        shown = " and ".join(_display(n) for n in dangerous[:3]) + (
+            f" (and {len(dangerous) - 3} more)" if len(dangerous) > 3 else "")
+        raise CheckpointError(f"{path}: this file asks to run {shown} when loaded: it is not a checkpoint a training "
+                              f"run writes; do not load it. It was not loaded. Get the checkpoint again from its "
+                              f"training run.")
+    return names
+
+
+def _legacy_globals(path: Path) -> list[str]:
+    """A non-zip file: a plain pickle, or torch's legacy format (five pickles, then raw storage bytes)."""
+    names: list[str] = []
+    with open(path, "rb") as handle:
+        for index in range(5):
+            found = _globals_of(handle)
+            if found is None:
+                if index == 0:
+                    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: it starts like a pickle but "
+                                          f"is malformed. The file may be damaged: copy it again.")
+                break
+            names += found
+    return names
+
+
+def _globals_of(data) -> list[str] | None:
+    """'module.name' of every global a pickle asks for, read opcode by opcode (nothing is executed);
+    None when it is not a well-formed pickle."""
+    import pickletools
+
+    found: list[str] = []
+    memo: dict = {}
+    pushed: list = []  # the last two values pushed: STACK_GLOBAL's module and name
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name == "PROTO" and arg > 5:
+                return None
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                found.append(f"{module}.{attr}")
+            elif name == "STACK_GLOBAL":
+                module, attr = ([None, None] + pushed)[-2:]
+                found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else HIDDEN)
+            if name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            elif name not in _NO_PUSH:
+                pushed.append(arg if name in _STRING_OPS else None)
+            del pushed[:-2]
+    except Exception:  # pickletools raises ValueError and friends on malformed input
+        return None
+    return found
+
+
+def _is_dangerous(name: str) -> bool:
+    return name == HIDDEN or name in DANGEROUS_NAMES or name.split(".")[0] in DANGEROUS_MODULES
+
+
+def _display(name: str) -> str:
+    module, _, attr = name.rpartition(".")
+    # os.system pickles as posix.system (nt.system on Windows); builtins as __builtin__ in protocol 2
+    return f"os.{attr}" if module in ("posix", "nt") else f"builtins.{attr}" if module == "__builtin__" else name
+
+
+def _load(path: Path, names: list[str], trusted: bool) -> Any:
+    import pickle
+    import warnings
 
     import torch
 
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head[:8]!r}). "
-                              f"Check source.checkpoint, or set source.format.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol: the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
-        if trusted:
-            raise CheckpointError(f"{path}: unpickling failed ({exc}).") from None
+        if trusted or "GLOBAL" not in str(exc):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}). The file may "
+                                  f"be truncated or damaged: copy it again.") from None
         import re
 
         wanted = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
-        needs = (f"It asks for {', '.join(wanted)}" if wanted else str(exc).split("\n")[0][:300]) + \
+        needs = (f"It asks for {', '.join(wanted)}" if wanted else _first_line(exc)) + \
             (" (a pickled model object, as YOLOv5 / Ultralytics save)" if wanted else "")
         raise CheckpointError(
             f"{path}: this checkpoint needs code to unpickle, and running code from a file can do anything "
@@ -61,10 +209,33 @@ def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any
             f"importable here, set `source.trusted: true` in the manifest; better, re-save it as a plain "
             f"state_dict or safetensors."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}). "
-                              f"The file may be truncated: copy it again.") from None
-    return _detect(path, obj, fmt), obj
+    except ModuleNotFoundError as exc:  # trusted: the pickled class's code is not importable here
+        missing = exc.name or ""
+        classes = [n for n in names if n == missing or n.startswith(missing + ".")] if missing else []
+        cls = classes[0] if classes else ""
+        module = cls.rpartition(".")[0] or missing
+        hint = (" (a YOLOv5 checkpoint: the yolov5 repository's folder)" if module.split(".")[0] == "models"
+                else " (pip install ultralytics)" if module.split(".")[0] == "ultralytics" else "")
+        raise CheckpointError(
+            f"{path}: the pickled class {cls or 'the file asks for'} cannot be imported here (no module named "
+            f"'{missing}'). Install the package that provides {module} or add its folder to PYTHONPATH{hint}, "
+            f"then run again; or, where that code is importable, re-save the weights as a plain state_dict.") from None
+    except Exception as exc:
+        if not trusted:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}). The file may "
+                                  f"be truncated or damaged: copy it again.") from None
+        import re
+
+        gone = re.match(r"Can't get attribute '([\w.]+)' on <module '([\w.]+)'", str(exc))
+        if isinstance(exc, AttributeError) and gone:
+            raise CheckpointError(
+                f"{path}: the module {gone.group(2)} importable here has no {gone.group(1)}, which the file's "
+                f"pickled objects need: it is another version of the code that saved the file. Make that "
+                f"version importable (PYTHONPATH), or re-save the weights as a plain state_dict with it.") from None
+        raise CheckpointError(
+            f"{path}: loading the file's pickled objects failed ({type(exc).__name__}: {_first_line(exc)}). "
+            f"With source.trusted the file's classes are rebuilt from the code importable here: it must be "
+            f"the code that saved the file. Else re-save the weights as a plain state_dict.") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -91,10 +262,36 @@ def _detect(path: Path, obj: Any, fmt: str) -> str:
         if "meta" in obj or "message_hub" in obj:
             return "mmdet"
         return "lightning"
-    kind = type(obj).__name__
+    if isinstance(obj, Mapping) and not obj:
+        raise CheckpointError(f"{path}: the checkpoint holds no weights (an empty {type(obj).__name__}). Check "
+                              f"source.checkpoint: give the file the training run saved with its model's weights.")
     keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else ""
-    raise CheckpointError(f"{path}: cannot tell the checkpoint format (a {kind}{' with keys ' + keys if keys else ''}). "
+    raise CheckpointError(f"{path}: cannot tell the checkpoint format ({_kind(obj)}{' with keys ' + keys if keys else ''}). "
                           f"Set source.format to one of state_dict, lightning, mmdet, yolov5, safetensors.")
+
+
+def _kind(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)}"
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _check_weights(path: Path, fmt: str, state: Mapping, where: str) -> None:
+    """Weights are a non-empty mapping of str names to tensors; else one line saying what is there."""
+    import torch
+
+    if not state:
+        raise CheckpointError(f"{path}: the checkpoint holds no weights ({where} is empty). Check "
+                              f"source.checkpoint: give the file the training run saved with its model's weights.")
+    bad = [(k, v) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        key, value = bad[0]
+        raise CheckpointError(f"{path}: source.format is '{fmt}' but {len(bad)} of the {len(state)} entries of "
+                              f"{where} are not parameter names with tensors, e.g. {key!r}: {_kind(value)}. "
+                              f"Use format: auto, or the format the file really has.")
 
 
 def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict, dict]:
@@ -103,13 +300,20 @@ def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict
     if fmt == "yolov5":
         return _extract_modules(path, obj, weights, facts)
     if fmt in ("state_dict", "safetensors"):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{path}: source.format is '{fmt}' but the file holds {_kind(obj)}, not a "
+                                  f"mapping of parameter names to tensors. Use format: auto, or the format the "
+                                  f"file really has.")
         state = dict(obj)
+        _check_weights(path, fmt, state, "the file")
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         state = dict(obj["state_dict"])
-        facts["training_keys"] = sorted(k for k in obj if k != "state_dict")
+        _check_weights(path, fmt, state, "its 'state_dict'")
+        facts["training_keys"] = sorted(str(k) for k in obj if k != "state_dict")
     else:
-        raise CheckpointError(f"{path}: source.format is '{fmt}' but the file holds no 'state_dict' mapping. "
-                              f"Use format: auto, or the format the file really has.")
+        keys = f" with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, Mapping) and obj else ""
+        raise CheckpointError(f"{path}: source.format is '{fmt}' but the file holds no 'state_dict' mapping "
+                              f"({_kind(obj)}{keys}). Use format: auto, or the format the file really has.")
     prefixes = {"ema": EMA_PREFIXES, "raw": RAW_PREFIXES}
     found = {which: next((p for p in ps if any(k.startswith(p) for k in state)), None) for which, ps in prefixes.items()}
     choice = weights if weights != "auto" else ("ema" if found["ema"] else "raw")
@@ -123,36 +327,98 @@ def extract(path: Path, fmt: str, obj: Any, weights: str = "auto") -> tuple[dict
     return state, facts
 
 
+def _module_state(path: Path, module: Any, which: str) -> dict:
+    try:
+        return module.state_dict()
+    except Exception as exc:  # trusted: a pickled model whose class is another version of its code
+        raise CheckpointError(f"{path}: the pickled model in '{which}' ({type(module).__name__}) cannot give its "
+                              f"weights ({type(exc).__name__}: {_first_line(exc)}): the code importable here for "
+                              f"it is another version than the one that saved it.") from None
+
+
 def _extract_modules(path: Path, obj: Any, weights: str, facts: dict) -> tuple[dict, dict]:
     """YOLOv5's strip_optimizer, as a state dict: the EMA module when there is one, else the model."""
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: source.format is 'yolov5' but the file holds a {type(obj).__name__}, not "
+        raise CheckpointError(f"{path}: source.format is 'yolov5' but the file holds {_kind(obj)}, not "
                               f"a mapping with 'model' / 'ema' modules. Use format: auto.")
     modules = {"ema": obj.get("ema"), "raw": obj.get("model")}
     choice = weights if weights != "auto" else ("ema" if _is_module(modules["ema"]) else "raw")
     module = modules[choice]
+    which = "ema" if choice == "ema" else "model"
     if not _is_module(module):
-        which = "ema" if choice == "ema" else "model"
         raise CheckpointError(f"{path}: source.weights is '{choice}' but the checkpoint's '{which}' entry is "
-                              f"{type(module).__name__}, not a model. Use weights: auto.")
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                              f"{_kind(module)}, not a model. Use weights: auto, or format: auto.")
+    state = {k: v.detach().clone() for k, v in _module_state(path, module, which).items()}
+    _check_weights(path, "yolov5", state, f"the '{which}' model's state_dict")
     facts.update(copy=choice, prefix="", training_keys=sorted(str(k) for k in obj if k not in ("model", "ema")),
                  stored_dtypes=sorted({str(v.dtype).replace("torch.", "") for v in state.values()}))
     return state, facts
 
 
-def drop(state: dict, patterns: list[str], path: Path) -> tuple[dict, list[str]]:
-    """Remove training-only parameters by glob pattern; a pattern that matches nothing is an error."""
+def other_copies(path: Path, fmt: str, obj: Any, facts: dict) -> dict[str, tuple[str, list[str]]]:
+    """The copies of the weights that `extract` did not keep: {copy: (where, names without its prefix)}."""
+    if fmt == "yolov5":
+        which = "model" if facts["copy"] == "ema" else "ema"
+        module = obj.get(which) if isinstance(obj, Mapping) else None
+        if not _is_module(module):
+            return {}
+        names = list(_module_state(path, module, which))
+        return {"raw" if which == "model" else "ema": (f"the '{which}' entry", names)}
+    state = obj if fmt in ("state_dict", "safetensors") else obj.get("state_dict", {})
+    out: dict[str, tuple[str, list[str]]] = {}
+    for copy, prefixes in (("ema", EMA_PREFIXES), ("raw", RAW_PREFIXES)):
+        for prefix in prefixes:
+            if prefix != facts["prefix"] and copy not in out:
+                keys = [k[len(prefix):] for k in state if isinstance(k, str) and k.startswith(prefix)]
+                if keys:
+                    out[copy] = (f"{prefix}*", keys)
+    return out
+
+
+def drop(state: dict, patterns: list[str], path: Path, facts: dict | None = None,
+         others: dict[str, tuple[str, list[str]]] | None = None) -> tuple[dict, list[str]]:
+    """Remove training-only parameters by glob pattern; a pattern that matches nothing is an error that
+    says whether it matches another copy of the weights (`others`, from other_copies) instead."""
     dropped: list[str] = []
+    copy, prefix = (facts or {}).get("copy", "raw"), (facts or {}).get("prefix", "")
+    kept = f"the {copy} copy that strip keeps{f' ({prefix}*)' if prefix else ''}"
     for pattern in patterns:
         hits = [k for k in state if fnmatch.fnmatchcase(k, pattern)]
         if not hits:
-            prefixes = sorted({k.split(".")[0] for k in state})
-            raise CheckpointError(f"{path}: source.drop pattern '{pattern}' matches no parameter. "
-                                  f"Top-level names: {', '.join(prefixes[:12])}.")
+            raise CheckpointError(_no_match(path, pattern, state, kept, copy, prefix, others or {}))
         dropped += hits
         state = {k: v for k, v in state.items() if k not in hits}
     return state, sorted(dropped)
+
+
+def _no_match(path: Path, pattern: str, state: dict, kept: str, copy: str, prefix: str,
+              others: dict[str, tuple[str, list[str]]]) -> str:
+    head = f"{path}: source.drop pattern '{pattern}' matches no parameter of {kept}"
+    if prefix and pattern.startswith(prefix) and any(fnmatch.fnmatchcase(k, pattern[len(prefix):]) for k in state):
+        return (f"{head}: patterns name parameters without the '{prefix}' prefix that strip removes. "
+                f"Write '{pattern[len(prefix):]}'.")
+    for other, (where, keys) in others.items():
+        bare = pattern
+        for p in (*EMA_PREFIXES, *RAW_PREFIXES):  # a pattern written with the other copy's prefix
+            if where.startswith(p) and pattern.startswith(p):
+                bare = pattern[len(p):]
+        hits = [k for k in keys if fnmatch.fnmatchcase(k, bare)]
+        if hits:
+            name = where[:-1] + hits[0] if where.endswith("*") else f"{hits[0]} in {where}"
+            return (f"{head}; it matches only {len(hits)} tensor{'s' * (len(hits) != 1)} of the {other} copy "
+                    f"({where}, e.g. {name}), which strip does not keep. The {copy} copy has nothing to drop "
+                    f"there: remove the pattern, or set source.weights: {other} to release the {other} copy.")
+    prefixes = sorted({k.split(".")[0] for k in state})
+    return f"{head}. Top-level names: {', '.join(prefixes[:12])}."
+
+
+def written_dtype(tensor, dtype: str = "stored"):
+    """The dtype strip writes a tensor in: floating-point weights as stored (or `dtype`), others as they are."""
+    import torch
+
+    if dtype == "stored" or not tensor.is_floating_point():
+        return tensor.dtype
+    return getattr(torch, dtype)
 
 
 def mismatch_report(state: Mapping, expected: Mapping, path: Path) -> str | None:

@@ -15,15 +15,17 @@ from pydantic import Field
 from release.stages.base import StageContext, StageParams, StageSpec
 
 SPEC = StageSpec(
-    name="strip", version=1, consumes="checkpoint", produces="weights", uses_model=True,
+    name="strip", version=2, consumes="checkpoint", produces="weights", uses_model=True,
     summary="drop optimizer state and training-only weights; write safetensors",
 )
 
 
 class Params(StageParams):
-    dtype: Literal["float32", "float16"] = Field(
-        "float32", description="storage dtype of floating-point weights (float16 halves the file; "
-                               "export casts back to float32)")
+    dtype: Literal["stored", "float32", "float16"] = Field(
+        "stored", description="storage dtype of floating-point weights: 'stored' (the default) keeps the "
+                              "checkpoint's (an fp16 checkpoint strips to fp16; until strip version 2 the "
+                              "default converted to float32); float16 halves a float32 file; export casts "
+                              "back to float32")
 
 
 def run(ctx: StageContext) -> dict:
@@ -35,8 +37,10 @@ def run(ctx: StageContext) -> dict:
     source = ctx.manifest.source
     fmt, obj = checkpoint.read(ctx.input, source.format, source.trusted)
     state, facts = checkpoint.extract(ctx.input, fmt, obj, source.weights)
+    others = checkpoint.other_copies(ctx.input, fmt, obj, facts) if source.drop else {}
     del obj
-    state, dropped = checkpoint.drop(state, source.drop, ctx.input)
+    state, dropped = checkpoint.drop(state, source.drop, ctx.input, facts, others)
+    del others
 
     import fnmatch
 
@@ -64,11 +68,10 @@ def run(ctx: StageContext) -> dict:
                               f"{state[bad[0]].dtype}, model expects {expected[bad[0]].dtype}. A quantized or "
                               f"damaged file? Give the float checkpoint the model was trained as.")
     out = {}
-    for key, ref in expected.items():
-        tensor = state[key].detach().to(ref.dtype).contiguous()
-        if ctx.params.dtype == "float16" and tensor.is_floating_point():
-            tensor = tensor.half()
-        out[key] = tensor
+    for key, ref in expected.items():  # floating point: as stored, or params.dtype; else the model's dtype
+        tensor = state[key].detach()
+        dtype = checkpoint.written_dtype(tensor, ctx.params.dtype) if tensor.is_floating_point() else ref.dtype
+        out[key] = tensor.to(dtype).contiguous()
     write_weights(out, ctx.output, source_format=fmt)
 
     size_before, size_after = ctx.input.stat().st_size, ctx.output.stat().st_size

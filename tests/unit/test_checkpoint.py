@@ -43,16 +43,24 @@ def test_plain_state_dict(tmp_path):
     assert checkpoint.read(path)[0] == "state_dict"
 
 
-def test_untrusted_pickle_is_refused_and_never_runs(tmp_path):
+def test_a_code_running_pickle_is_refused_even_when_trusted_and_never_runs(tmp_path):
     marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "x": Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match="needs code to unpickle.*source.trusted: true"):
-        checkpoint.read(path)
+    for trusted in (False, True):  # trusted means "its model classes may be rebuilt", not "run exec"
+        with pytest.raises(CheckpointError, match="asks to run builtins.exec when loaded: it is not a checkpoint a "
+                                                  "training run writes; do not load it") as err:
+            checkpoint.read(path, trusted=trusted)
+        assert "trusted" not in str(err.value) and str(path) in str(err.value)
     assert not marker.exists()
-    # With trusted: true the pickle is executed: that is exactly what the flag means.
-    assert checkpoint.read(path, trusted=True)[0] == "lightning"
-    assert marker.read_text() == "pwned"
+
+
+def test_a_pickled_class_needs_trust_and_says_so(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"model": tiny_model()}, path)  # a pickled nn.Module, as YOLOv5 saves
+    with pytest.raises(CheckpointError, match="needs code to unpickle.*Sequential.*source.trusted: true"):
+        checkpoint.read(path)
+    assert checkpoint.read(path, trusted=True)[0] == "yolov5"
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -37,8 +37,10 @@ def test_inspect_finds_the_training_only_content_and_the_saving(lightning_ckpt):
     assert {"optimizer_states", "epoch", "global_step", "hyper_parameters"} <= set(info["training_keys"])
     assert info["other_copies"] == ["model"]
     assert info["dropped"] and all(k.startswith("aux_head.") for k in info["dropped"])
-    assert info["kept_bytes"] == deploy_bytes  # exactly what strip writes (tensor bytes)
-    assert info["saving_bytes"] == path.stat().st_size - deploy_bytes
+    assert info["kept_bytes"] == deploy_bytes  # exactly the tensor bytes strip writes (fp32 stored: fp32)
+    assert info["kept_dtypes"] == ["float32", "int64"]
+    assert deploy_bytes < info["stripped_bytes"] < deploy_bytes + 20_000  # plus the safetensors header
+    assert info["saving_bytes"] == path.stat().st_size - info["stripped_bytes"]
     keys = {k["key"]: k for k in info["keys"]}
     # Adam keeps two moments per parameter: its state is about as big as the raw weights' copy.
     assert keys["optimizer_states"]["bytes"] > 0.4 * keys["state_dict"]["bytes"]
@@ -71,11 +73,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
         pickle.dump({"state_dict": {"w": torch.zeros(2)}, "hook": _Payload(marker)}, handle)
-    with pytest.raises(CheckpointError, match="needs code to unpickle"):
+    with pytest.raises(CheckpointError, match="asks to run io.open when loaded: .*do not load it"):
         inspection.inspect(path)
-    assert cli.main(["inspect", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "source.trusted: true" in err and "Traceback" not in err
+    for trusted in ([], ["--trusted"]):
+        assert cli.main(["inspect", str(path), *trusted]) == 2
+        err = capsys.readouterr().err
+        assert "trusted" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not marker.exists()  # the code did not run
 
 
