@@ -12,15 +12,28 @@ as an MLflow model and registered under the manifest name with an alias.
 When the server is away: the gate and publish never wait for MLflow. The build's report is queued
 under artifacts/<name>/tracking/pending/, one warning is printed, and the next build uploads every
 queued build in order, then the current one. `tracking.required: true` makes that an error.
+
+Faults: a build's report is queued before its upload starts, so a build killed mid-upload is
+finished by the next one on the runs it had created (also those it created just before it was
+killed, found by their tags); a run left RUNNING by a build whose report was lost is closed as
+KILLED. A local SQLite store is made next to its place and moved there complete, so a kill while
+MLflow migrates it never leaves a half-made store; a store that is half-made all the same (by an
+older version of this module, or a migration cut off) is moved aside and made anew, and its builds
+re-logged from the queue. A local store that cannot be written (read-only, full disk) is said to
+be so at once, never "unreachable", and never fails the build unless tracking.required.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
 from release import gate
 from release.atomic import read_json, write_json
@@ -51,6 +64,45 @@ def store_key(job: dict) -> str:
     return "embedded" if uri == embedded_uri(job["root"]) else uri
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a SQLite store URI (sqlite:///relative or sqlite:////absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def local_store(uri: str) -> Path | None:
+    """Where a store on this machine lives (a SQLite file, a file store folder), else None."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return db
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return Path(urlparse(uri).path)
+    if scheme == "" and not uri.startswith(("databricks", "uc")):
+        return Path(uri)
+    return None
+
+
+def _file_store_id(db: Path) -> int | None:
+    """The id this module stamps in a SQLite store it makes (the header's user_version, read from
+    the file itself: cheap enough for doit's uptodate check), 0 for an unstamped store, None if
+    there is no SQLite file."""
+    try:
+        with db.open("rb") as handle:
+            head = handle.read(100)
+    except OSError:
+        return None
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return None
+    return int.from_bytes(head[60:64], "big")
+
+
+def _empty_store() -> dict:
+    return {"builds": {}, "variants": {}, "models": {}}
+
+
 def _ledger(job: dict) -> dict:
     try:
         return read_json(Path(job["ledger"]))
@@ -69,7 +121,14 @@ def is_uptodate(job: dict) -> bool:
     if not report.is_file() or _queue(job):
         return False
     store = _ledger(job)["stores"].get(store_key(job), {})
-    return file_sha256(report) in store.get("builds", {})
+    if file_sha256(report) not in store.get("builds", {}):
+        return False
+    db = sqlite_path(resolve_uri(job))
+    if db is not None:  # the ledger's builds are in this very file (not one made anew since)
+        found = _file_store_id(db)
+        if found is None or store.get("store_id") not in (None, found):
+            return False
+    return True
 
 
 def unreachable(uri: str, timeout: float = 3.0) -> str | None:
@@ -151,43 +210,115 @@ def variant_key(name: str, row: dict) -> str:
 def track(job: dict, log=print) -> dict:
     """Upload queued builds and this one. Returns what was done; raises only if tracking.required."""
     uri = resolve_uri(job)
+    local = local_store(uri)
     digest = file_sha256(Path(job["report"]))
     # Provenance is taken now, when the build ran, not when a queued build is finally uploaded.
     snapshot = {"report": read_json(Path(job["report"])), "manifest_sha256": file_sha256(Path(job["manifest"])),
                 "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
+    queue_problem = None
     if why is None:
+        # Queued first: a build killed mid-upload is finished by the next one, whatever its report.
+        queue_problem = _enqueue(job, digest, snapshot)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         try:
             return _upload(job, uri, digest, snapshot, log)
         except ReleaseError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- the server went away mid-way or refused a call:
-            # tracking must never fail a build that gated and published; the report is queued and
-            # the error is shown, so nothing is lost or hidden.
-            why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        except StoreProblem as exc:
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 -- the server went away mid-way or refused a call,
+            # or a local store could not be written: tracking must never fail a build that gated and
+            # published; the report is queued and the error is shown, so nothing is lost or hidden.
+            why = _reason(exc, root_cause=local is not None)
         finally:  # mlflow.set_tracking_uri writes the variable; leave the process as it was
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
+    if local is not None:  # a file here: it is not "unreachable", it cannot be opened or written
+        said = why if why.startswith("cannot ") else f"cannot write the store at {local} ({why})"
+        what = f"MLflow at {uri}: {said}"
+    else:
+        what = f"MLflow at {uri} is unreachable ({why})"
     if job.get("required"):
-        raise ReleaseError(f"tracking: MLflow at {uri} is unreachable ({why}) and tracking.required is true. "
-                           f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or set required: false.")
-    if not any(p.name.endswith(f"-{digest}.json") for p in _queue(job)):
-        write_json(Path(job["pending"]) / f"{_next_index(job):06d}-{digest}.json", snapshot)
-    log(f"WARNING: MLflow at {uri} is unreachable ({why}); {len(_queue(job))} build(s) queued in "
-        f"{job['pending']}, uploaded at the next build. The gate and publish did not depend on it.")
+        fix = ("Make the store writable (or free space), fix MLFLOW_TRACKING_URI / tracking.uri" if local is not None
+               else "Start the server, fix MLFLOW_TRACKING_URI / tracking.uri")
+        raise ReleaseError(f"tracking: {what} and tracking.required is true. {fix}, or set required: false.")
+    if queue_problem is None:
+        queue_problem = _enqueue(job, digest, snapshot)
+    if queue_problem is None:
+        then = f"{len(_queue(job))} build(s) queued in {job['pending']}, uploaded at the next build"
+    else:
+        then = (f"could not queue the report in {job['pending']} either ({queue_problem}); the next build logs "
+                f"it if its report is unchanged")
+    log(f"WARNING: {what}; {then}. The gate and publish did not depend on it.")
     return {"uploaded": 0, "pending": len(_queue(job))}
 
 
+def _enqueue(job: dict, digest: str, snapshot: dict) -> str | None:
+    """Queue this build's snapshot unless it is queued already; None, or why it could not be."""
+    try:
+        if not any(p.name.endswith(f"-{digest}.json") for p in _queue(job)):
+            write_json(Path(job["pending"]) / f"{_next_index(job):06d}-{digest}.json", snapshot)
+    except OSError as exc:
+        return _os_reason(exc)
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
+
+
+def _reason(exc: BaseException, root_cause: bool = False) -> str:
+    """One line on why a call failed; for a local store the underlying SQLite or OS error (MLflow's
+    own message can be "raised as a result of Query-invoked autoflush")."""
+    if root_cause:
+        import sqlite3
+
+        chain, e = [], exc
+        while e is not None and e not in chain:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        exc = next((e for e in reversed(chain) if isinstance(e, (sqlite3.Error, OSError))), exc)
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+
+
 def _upload(job: dict, uri: str, digest: str, snapshot: dict, log) -> dict:
-    client = _client(uri)
+    _import_mlflow()
     ledger = _ledger(job)
-    store = ledger["stores"].setdefault(store_key(job), {"builds": {}, "variants": {}, "models": {}})
+    key = store_key(job)
+    store = ledger["stores"].setdefault(key, _empty_store())
 
     def save() -> None:  # after every run created, so that a retry never creates it twice
         write_json(Path(job["ledger"]), ledger)
+
+    db = sqlite_path(uri)
+    with _no_sqlite_retries() if db is not None else contextlib.nullcontext():
+        if db is not None:
+            store_id, made = _open_sqlite(db, embedded=key == "embedded", log=log)
+            known = store.get("store_id")
+            if known != store_id and (known is not None or made):
+                # Not the store the ledger logged to (made anew: rebuilt, or removed): what the
+                # ledger lists is not there, so it is forgotten and the queue is logged again.
+                pending = len({p.stem.split("-", 1)[1] for p in _queue(job)} | {digest})
+                if isinstance(made, tuple):
+                    damage, aside = made
+                    log(f"tracking: the store at {db} was damaged ({damage}): moved to {aside} and made anew; "
+                        f"re-logging {pending} build(s) from the queue and this report (the ledger forgets the "
+                        f"{len(store['builds'])} it had logged there)")
+                elif store["builds"]:
+                    log(f"tracking: the store at {db} is not the one {job['ledger']} knows (it was made anew "
+                        f"since); logging {pending} build(s) there again from the queue and this report")
+                store = ledger["stores"][key] = _empty_store()
+            if store.get("store_id") != store_id:
+                store["store_id"] = store_id
+                save()
+        client = _client(uri)
+        return _upload_to(client, job, uri, digest, snapshot, store, save, log)
+
+
+def _upload_to(client, job: dict, uri: str, digest: str, snapshot: dict, store: dict, save, log) -> dict:
 
     uploaded = 0
     for path in _queue(job):  # oldest first, so the experiment shows builds in the order they ran
@@ -199,6 +330,12 @@ def _upload(job: dict, uri: str, digest: str, snapshot: dict, log) -> dict:
     if digest not in store["builds"]:
         _log_build(client, job, snapshot, store, digest, save)
         uploaded += 1
+    # A parent whose report is neither queued nor this one (its build was killed before it could be
+    # queued, by an older version of this module): closed, never left RUNNING beside the new ones.
+    for lost, pid in list(store.get("partial", {}).items()):
+        _close_cut_off(client, store, pid)
+        del store["partial"][lost]
+        save()
     report = snapshot["report"]
     selected = report["selected"]
     if selected:
@@ -218,7 +355,7 @@ def _next_index(job: dict) -> int:
     return int(queue[-1].name.split("-", 1)[0]) + 1 if queue else 0
 
 
-def _client(uri: str):
+def _import_mlflow():
     import logging
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -227,10 +364,229 @@ def _client(uri: str):
 
     for name in ("mlflow", "alembic"):  # after the import: mlflow configures its loggers on import
         logging.getLogger(name).setLevel(logging.WARNING)
+    return mlflow
 
+
+def _client(uri: str):
+    """The client (for a SQLite store this opens the file: _open_sqlite has made it ready)."""
+    mlflow = _import_mlflow()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# ---------------------------------------------------------------- a local SQLite store
+
+class StoreProblem(Exception):
+    """A store on this machine that cannot be written or opened; the message says which and why."""
+
+
+@contextlib.contextmanager
+def _no_sqlite_retries():
+    """MLflow retries opening a database 10 times over ~100 s (for a server still starting); a file
+    here that cannot be opened will not open later in this build: fail at once."""
+    from mlflow.store.db import utils
+
+    saved = getattr(utils, "MAX_RETRY_COUNT", None)
+    utils.MAX_RETRY_COUNT = 1
+    try:
+        yield
+    finally:
+        if saved is not None:
+            utils.MAX_RETRY_COUNT = saved
+
+
+def _check_writable(folder: Path) -> None:
+    """The store's folder takes a new file with some data in it, or StoreProblem at once."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 65536)  # SQLite needs room for its pages and journal, not only a name
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        why = (f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir()
+               else exc.strerror or str(exc))
+        raise StoreProblem(f"cannot write the store at {folder} ({why})") from None
+
+
+def _sqlite_uri(path: Path, mode: str = "rw") -> str:
+    return f"file:{quote(str(path))}?mode={mode}"
+
+
+def _unfinished(db: Path) -> list[Path]:
+    return sorted(db.parent.glob(f".{db.name}.*.new"))
+
+
+def _temp_for(db: Path) -> Path:
+    return db.with_name(f".{db.name}.{os.getpid()}.new")
+
+
+def _clear_unfinished(db: Path) -> None:
+    """Stores being made by a build that was killed (their maker is gone) are removed."""
+    for path in _unfinished(db):
+        try:
+            pid = int(path.name.split(".")[-2])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # its maker is alive: another build is making it
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _stamp(path: Path) -> int:
+    import sqlite3
+
+    store_id = secrets.randbelow(2**31 - 2) + 1
+    con = sqlite3.connect(str(path))
+    try:
+        con.execute(f"PRAGMA user_version = {store_id}")
+        con.commit()
+    finally:
+        con.close()
+    return store_id
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_store(db: Path) -> None:
+    """A new store: MLflow migrates a file next to its place, which is linked there only when done."""
+    from mlflow.store.db import utils
+
+    tmp = _temp_for(db)
+    try:
+        tmp.unlink(missing_ok=True)
+        engine = utils.create_sqlalchemy_engine(f"sqlite:///{tmp}")
+        try:
+            utils._initialize_tables(engine)
+        finally:
+            engine.dispose()
+        _stamp(tmp)
+        _fsync(tmp)
+        try:
+            os.link(tmp, db)  # never replaces a store another build made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not db.exists():
+                os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _schema_state(db: Path) -> str | None:
+    """None (ready), "behind" (an older schema: to be upgraded), or what is wrong with it."""
+    import sqlite3
+
+    from mlflow.store.db import utils
+
+    try:  # read-write: a journal left by a killed write is rolled back, as SQLite does on open
+        con = sqlite3.connect(_sqlite_uri(db), uri=True, timeout=10)
+        try:
+            check = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":
+                return f"SQLite finds it damaged: {check}"
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = (con.execute("SELECT version_num FROM alembic_version").fetchone()
+                   if "alembic_version" in tables else None)
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if any(s in text for s in ("locked", "unable to open", "readonly", "disk is full", "disk I/O")):
+            raise StoreProblem(f"cannot open the store at {db} ({type(exc).__name__}: {text})") from None
+        return f"{type(exc).__name__}: {text}"
+    if row is None:
+        return "it has no schema version: it was never completely made"
+    head = utils._get_latest_schema_revision()
+    if row[0] == head:
+        return None
+    from alembic.script import ScriptDirectory
+
+    try:
+        ScriptDirectory.from_config(utils._get_alembic_config(db_url="")).get_revision(row[0])
+    except Exception:  # noqa: BLE001 -- alembic's "Can't locate revision"
+        import mlflow
+
+        raise StoreProblem(f"cannot open the store at {db} (its schema revision {row[0]} is unknown to MLflow "
+                           f"{mlflow.__version__}: made by a newer MLflow?)") from None
+    return "behind"
+
+
+def _upgrade_store(db: Path) -> None:
+    """An older schema upgraded on a copy, which then replaces the store: never half-done in place."""
+    import sqlite3
+
+    from mlflow.store.db import utils
+
+    tmp = _temp_for(db)
+    try:
+        tmp.unlink(missing_ok=True)
+        source, copy = sqlite3.connect(_sqlite_uri(db), uri=True, timeout=10), sqlite3.connect(str(tmp))
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+            copy.close()
+        engine = utils.create_sqlalchemy_engine(f"sqlite:///{tmp}")
+        try:
+            utils._upgrade_db(engine)
+        finally:
+            engine.dispose()
+        _fsync(tmp)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _open_sqlite(db: Path, embedded: bool, log) -> tuple[int, object]:
+    """Make the SQLite store at `db` ready for MLflow: (its id, how it was made now: None if it was
+    there, "new", or (what was wrong, where the damaged one went))."""
+    _check_writable(db.parent)
+    if db.exists() and not db.is_file():
+        raise StoreProblem(f"cannot open the store at {db} (it is not a file)")
+    _clear_unfinished(db)
+    if not db.exists():
+        _make_store(db)
+        return _file_store_id(db) or _stamp(db), "new"
+    damage = _schema_state(db)
+    if damage == "behind":
+        try:
+            _upgrade_store(db)
+            import mlflow
+
+            log(f"tracking: upgraded the store at {db} to the schema of MLflow {mlflow.__version__}")
+            damage = None
+        except Exception as exc:  # noqa: BLE001 -- a migration that cannot run: the store is damaged
+            damage = f"its schema cannot be upgraded: {_reason(exc, root_cause=True)}"
+    if damage is None:
+        return _file_store_id(db) or _stamp(db), None  # 0: made before stores were stamped
+    if not embedded:  # somebody else's file: said, not moved
+        raise StoreProblem(f"cannot open the store at {db} ({damage}); move it aside, and the next build makes "
+                           f"a new one there")
+    aside = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+    for suffix in ("-journal", "-wal", "-shm"):  # what SQLite keeps beside it belongs to it
+        beside = db.with_name(db.name + suffix)
+        if beside.exists():
+            os.replace(beside, aside.with_name(aside.name + suffix))
+    os.replace(db, aside)
+    _make_store(db)
+    return _file_store_id(db) or _stamp(db), (damage, aside)
 
 
 def _experiment(client, job: dict, name: str) -> str:
@@ -261,10 +617,14 @@ def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save
     if snapshot.get("git_commit"):
         parent_tags["mlflow.source.git.commit"] = snapshot["git_commit"]
     partial = store.setdefault("partial", {})
-    pid = partial.get(digest)  # a parent created by an upload that was cut off: finish that one
+    # A parent created by an upload that was cut off: finish that one. The ledger names it, or, if
+    # the build was killed between MLflow creating it and the ledger being saved, its tags do.
+    pid = partial.get(digest) or _running_parent(client, experiment, digest)
+    orphans = _running_children(client, experiment, pid, store) if pid else {}
     if pid is None:
         pid = client.create_run(experiment, run_name=f"{report['name']} {report['version']} build",
                                 tags=parent_tags).info.run_id
+    if partial.get(digest) != pid:
         partial[digest] = pid
         save()
     runs: dict[str, dict] = {}
@@ -273,8 +633,8 @@ def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save
         run_id = store["variants"].get(key)
         incomplete = store.setdefault("incomplete", [])
         if run_id is None:
-            run_id = client.create_run(experiment, run_name=name, tags={
-                **variant_tags(report, name), "mlflow.parentRunId": pid}).info.run_id
+            run_id = orphans.pop((name, row["fingerprint"]), None) or client.create_run(
+                experiment, run_name=name, tags={**variant_tags(report, name), "mlflow.parentRunId": pid}).info.run_id
             store["variants"][key] = run_id
             incomplete.append(run_id)
             save()
@@ -303,9 +663,54 @@ def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save
             client.log_artifact(pid, str(item))
     client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r["pass"] for r in report["variants"].values())),
                                           now, 0)])
+    for run_id in orphans.values():  # created by the killed upload for a variant not in this report
+        client.set_terminated(run_id, "KILLED")
     client.set_terminated(pid, "FINISHED")
     store["builds"][digest] = partial.pop(digest)
     save()
+
+
+def _running_parent(client, experiment: str, digest: str) -> str | None:
+    """The RUNNING parent MLflow holds for this report (a build killed before the ledger named it);
+    more than one (left by older versions of this module) are closed but the first."""
+    found = client.search_runs([experiment], filter_string=f"tags.`report.sha256` = '{digest}' and "
+                                                           f"attributes.status = 'RUNNING'",
+                               order_by=["attributes.start_time ASC"], max_results=100)
+    found = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    for extra in found[1:]:
+        client.set_terminated(extra.info.run_id, "KILLED")
+    return found[0].info.run_id if found else None
+
+
+def _running_children(client, experiment: str, pid: str, store: dict) -> dict[tuple[str, str], str]:
+    """(variant, fingerprint) -> a RUNNING child of `pid` that the ledger does not know."""
+    known = set(store["variants"].values())
+    found = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and "
+                                                           f"attributes.status = 'RUNNING'",
+                               order_by=["attributes.start_time ASC"], max_results=1000)
+    orphans: dict[tuple[str, str], str] = {}
+    for run in found:
+        if run.info.run_id in known:
+            continue
+        slot = (run.data.tags.get("variant", ""), run.data.tags.get("fingerprint", ""))
+        if slot in orphans:  # two for one variant: keep the first
+            client.set_terminated(run.info.run_id, "KILLED")
+        else:
+            orphans[slot] = run.info.run_id
+    return orphans
+
+
+def _close_cut_off(client, store: dict, pid: str) -> None:
+    """A parent whose report is lost: KILLED, with its unfinished children, which the ledger forgets
+    (so that a later build makes them anew under its own parent)."""
+    incomplete = store.setdefault("incomplete", [])
+    for run_id in list(incomplete):
+        if client.get_run(run_id).data.tags.get("mlflow.parentRunId") == pid:
+            client.set_terminated(run_id, "KILLED")
+            incomplete.remove(run_id)
+            for key in [k for k, v in store["variants"].items() if v == run_id]:
+                del store["variants"][key]
+    client.set_terminated(pid, "KILLED")
 
 
 def _register(job: dict, report: dict, run_id: str) -> str:
