@@ -9,14 +9,25 @@ from pathlib import Path
 from release.errors import ReleaseError
 
 
+def _project_on_path(root: Path) -> None:
+    """Import user code (a builder, an adapter) from the project folder first, as `doit release`
+    does: doit puts the dodo.py folder and the folder it runs in on sys.path."""
+    folder = str(root.resolve())
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+
+
 def _validate(args) -> int:
     from release import graph, manifest, preflight
 
     root = Path(args.root)
+    _project_on_path(root)
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
     plan = graph.build(loaded, root)
-    if plan.preflight:
-        preflight.check(loaded)  # prune patterns, a student's outputs, an adapter's loss: needs the model
+    # Builds the model whenever a stage uses it (model.kwargs against the builder), then prune
+    # patterns, a student's outputs, an adapter's loss.
+    preflight.check(loaded)
     print(f"{loaded.path}: valid (schema {loaded.schema_version}); {len(loaded.pipelines)} variants, "
           f"{len(plan.nodes)} stage tasks after sharing equal prefixes")
     for variant, chain in plan.chains.items():
@@ -35,6 +46,7 @@ def _inspect(args) -> int:
         from release import manifest
 
         root = Path(args.root)
+        _project_on_path(root)  # a trusted pickle may name classes of the project's own modules
         source = manifest.load(manifest.resolve(args.manifest, root), root).source
         fmt, trusted, weights, drop = source.format, source.trusted or args.trusted, source.weights, source.drop
     info = inspection.inspect(Path(args.checkpoint), fmt=fmt, trusted=trusted, weights=weights, drop=drop)

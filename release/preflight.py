@@ -3,7 +3,9 @@
 Some mistakes can only be seen with the model built: a prune pattern that matches no layer, a
 student whose outputs do not fit the teacher's, an adapter without the loss a training stage needs.
 The `check` task (and `release validate`) builds the model once from its builder, with random
-weights, and asks every stage that defines `preflight(params, manifest, model)`. This runs before
+weights, whenever any stage uses it (so a misspelled or missing `model.kwargs` argument is a located
+error here, with did-you-mean against the builder's signature, not a traceback in strip), and asks
+every stage that defines `preflight(params, manifest, model)`. This runs before
 the demo training and before any stage, so a typo costs seconds, not a training run; it imports
 torch, so it is a task of its own, up to date until the manifest or the code changes.
 """
@@ -20,7 +22,9 @@ def check(manifest: Manifest) -> int:
 
     found: list[tuple[tuple, str]] = []
     checked, seen = 0, set()
-    base = None
+    uses_model = any(stages.load(name).SPEC.uses_model for pipeline in manifest.pipelines.values()
+                     for name, _ in pipeline)
+    base = _build(manifest) if uses_model else None
     for variant, pipeline in manifest.pipelines.items():
         model = None  # what the current step receives: the manifest's model, or a student after distill
         for i, (name, params) in enumerate(pipeline):
@@ -47,12 +51,44 @@ def check(manifest: Manifest) -> int:
 
 def _build(manifest: Manifest):
     from release.errors import ReleaseError
-    from release.model import build_model
+    from release.model import build_model, import_object
 
+    spec = manifest.model
     try:
-        return build_model(manifest.model)
+        builder = import_object(spec.builder, "model.builder")
+    except ReleaseError as exc:
+        raise_problems(manifest, [(("model", "builder"), str(exc))])
+    raise_problems(manifest, _kwargs_problems(builder, spec.builder, spec.kwargs))
+    try:
+        return build_model(spec)
     except ReleaseError as exc:
         raise_problems(manifest, [(("model", "builder"), str(exc))])
     except Exception as exc:  # noqa: BLE001 - the user's builder failed; say where
-        raise_problems(manifest, [(("model", "kwargs"), f"model.builder({manifest.model.kwargs}) failed: "
+        raise_problems(manifest, [(("model", "kwargs"), f"model.builder({spec.kwargs}) failed: "
                                                         f"{type(exc).__name__}: {exc}")])
+
+
+def _kwargs_problems(builder, name: str, kwargs: dict) -> list[tuple[tuple, str]]:
+    """model.kwargs against the builder's signature: each argument it does not take (did you mean?),
+    and each it needs that is not given. Nothing when the signature cannot be read."""
+    import inspect
+
+    from release.errors import did_you_mean
+
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return []
+    kinds = inspect.Parameter
+    named = [n for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+    takes_any = any(p.kind == kinds.VAR_KEYWORD for p in params.values())
+    takes = f" It takes: {', '.join(named)}." if named else " It takes no keyword arguments."
+    found = []
+    for key in kwargs:
+        if key not in named and not takes_any:
+            found.append((("model", "kwargs", key), f"{name} takes no argument '{key}'."
+                                                    f"{did_you_mean(key, named)}{takes}"))
+    for n, p in params.items():
+        if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY) and p.default is p.empty and n not in kwargs:
+            found.append((("model", "kwargs"), f"{name} needs '{n}' (it has no default): add it to model.kwargs."))
+    return found

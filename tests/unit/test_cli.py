@@ -17,3 +17,31 @@ def test_validate_reports_errors_without_traceback(tmp_path, capsys):
     assert cli.main(["validate", str(path), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "target.threads: got 0; input should be greater than 0" in err
+
+
+def test_validate_imports_a_builder_from_the_project_folder_like_doit(tmp_path):
+    import subprocess
+    import sys
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "mybuilder.py").write_text("from release.demo.detector import build as demo\n\n"
+                                          "def build(**kwargs):\n    return demo(**kwargs)\n")
+    doc = tiny_manifest_dict()
+    doc["model"]["builder"] = "mybuilder:build"
+    write_manifest(project, doc, "manifest.yaml")
+    done = subprocess.run([sys.executable, "-m", "release", "validate", "manifest.yaml", "--root", str(project)],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "valid (schema 1)" in done.stdout
+
+
+def test_validate_checks_model_kwargs_without_a_preflight_stage(tmp_path, capsys):
+    doc = tiny_manifest_dict()
+    doc["model"]["kwargs"]["widht"] = doc["model"]["kwargs"].pop("width")
+    path = write_manifest(tmp_path, doc)
+    assert cli.main(["validate", str(path), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.kwargs.widht: release.demo.detector:build takes no argument 'widht'. Did you mean 'width'?" in err
+    assert "Traceback" not in err

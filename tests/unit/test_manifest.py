@@ -133,3 +133,117 @@ def test_bad_targets_are_manifest_errors(tmp_path, target, expected):
 def test_latency_from_device_needs_a_latency_budget(tmp_path):
     with pytest.raises(ManifestError, match="latency_from: device applies to the latency budget: set latency_ms"):
         load_doc(tmp_path, tiny_manifest_dict(budget={"size_mb": 1.0, "latency_from": "device"}))
+
+
+# ---------------------------------------------------------------- paths the build writes (issue 12, finding 2)
+
+@pytest.mark.parametrize("version", ["../../../../victim", "/tmp/victim", "x/../../..", "..", ".", "../../../small.yaml",
+                                     "1.0/rc1", "", "v" * 200])
+def test_version_is_one_safe_folder_name(tmp_path, version):
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, tiny_manifest_dict(version=version))
+    assert "1 problem" in str(err.value) and "version: got" in str(err.value)
+    assert "one folder name of letters, digits, '_', '.' and '-'" in str(err.value)
+
+
+def test_ordinary_versions_still_load(tmp_path):
+    for version in ("1.0.0", "2024.05-rc_1", "v3"):
+        assert load_doc(tmp_path, tiny_manifest_dict(version=version)).version == version
+
+
+def demo_doc(data_dir: str, checkpoint: str = "artifacts/demo/train_last.ckpt") -> dict:
+    doc = tiny_manifest_dict()
+    doc["demo"]["data_dir"] = data_dir
+    doc["source"]["checkpoint"] = checkpoint
+    for split in ("train", "calibration", "eval"):
+        doc["data"][split] = {"annotations": f"{data_dir}/{split}/annotations.json", "images": f"{data_dir}/{split}/images"}
+    return doc
+
+
+@pytest.mark.parametrize("data_dir", ["elsewhere", "../outside", "/tmp", "artifacts", "artifacts/stages/x",
+                                      "artifacts/.cache", "artifacts/tiny/release", "link/data"])
+def test_demo_data_dir_must_be_under_artifacts(tmp_path, data_dir):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path.parent)  # inside the project by name, outside once resolved
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, demo_doc(data_dir))
+    message = str(err.value)
+    assert "demo.data_dir:" in message and "the demo writes here; point it" in message and "artifacts/" in message
+
+
+@pytest.mark.parametrize("checkpoint", ["train_last.ckpt", "../victim.ckpt", "/tmp/victim.ckpt", "link/victim.ckpt",
+                                        "artifacts/demo/data/train_last.ckpt"])
+def test_a_demo_trained_checkpoint_must_be_under_artifacts(tmp_path, checkpoint):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, demo_doc("artifacts/demo/data", checkpoint))
+    assert "1 problem" in str(err.value) and "source.checkpoint:" in str(err.value)
+
+
+def test_demo_paths_under_artifacts_load_even_through_a_symlinked_artifacts(tmp_path):
+    (tmp_path / "big-disk").mkdir()
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "artifacts").symlink_to(tmp_path / "big-disk")
+    m = manifest.load(write_manifest(tmp_path / "project", demo_doc("artifacts/mydemo")), tmp_path / "project")
+    assert m.demo.data_dir == tmp_path / "project" / "artifacts" / "mydemo"
+
+
+def test_a_checkpoint_without_demo_may_be_anywhere(tmp_path):
+    from tests.unit.test_manifest_hostile import fake_data
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.ckpt"
+    outside.write_bytes(b"x")
+    doc = fake_data(tmp_path)
+    doc["source"]["checkpoint"] = str(outside)
+    assert load_doc(tmp_path, doc).source.checkpoint == outside
+
+
+def test_without_demo_missing_data_is_named(tmp_path):
+    doc = tiny_manifest_dict()
+    doc.pop("demo")
+    with pytest.raises(ManifestError) as err:
+        load_doc(tmp_path, doc)
+    message = str(err.value)
+    assert "data.eval.annotations: no such file:" in message and "data.eval.images: no such folder:" in message
+
+
+# ---------------------------------------------------------------- user code (issue 12, finding 6)
+
+def test_builder_modules_are_found_in_the_project_folder(tmp_path, monkeypatch):
+    (tmp_path / "mybuilder.py").write_text("from release.demo.detector import build\n")
+    doc = tiny_manifest_dict()
+    doc["model"]["builder"] = "mybuilder:build"
+    monkeypatch.chdir(tmp_path.parent)
+    assert load_doc(tmp_path, doc).model.builder == "mybuilder:build"
+    (tmp_path / "mybuilder.py").unlink()
+    with pytest.raises(ManifestError, match="no module 'mybuilder' can be imported"):
+        load_doc(tmp_path, doc)
+
+
+def test_a_misspelled_model_kwarg_is_located_by_the_model_check(tmp_path):
+    from release import preflight
+
+    doc = tiny_manifest_dict()  # strip, export, quantize: no stage has a preflight hook of its own
+    doc["model"]["kwargs"] = {"num_classes": 3, "widht": 0.5}
+    path = write_manifest(tmp_path, doc)
+    m = manifest.load(path, tmp_path)
+    with pytest.raises(ManifestError) as err:
+        preflight.check(m)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "widht" in text)
+    assert f"line {line}, model.kwargs.widht: release.demo.detector:build takes no argument 'widht'. " \
+           f"Did you mean 'width'?" in str(err.value)
+
+
+def test_a_missing_model_kwarg_is_named(tmp_path, monkeypatch):
+    from release import preflight
+
+    (tmp_path / "needy_builder.py").write_text(
+        "from release.demo.detector import build as demo\n\ndef build(num_classes, width):\n"
+        "    return demo(num_classes, width)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = tiny_manifest_dict()
+    doc["model"]["builder"] = "needy_builder:build"
+    doc["model"]["kwargs"] = {"width": 0.5}
+    with pytest.raises(ManifestError, match=r"model.kwargs: needy_builder:build needs 'num_classes'"):
+        preflight.check(load_doc(tmp_path, doc))
