@@ -73,7 +73,7 @@ def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any
         looks = " It looks like safetensors: set source.format: safetensors." if head[8:9] == b"{" else ""
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head[:8]!r}).{looks} "
                               f"Check source.checkpoint, or set source.format.")
-    names = _check_container(path, head)  # damaged zips and code-running payloads: refused before loading
+    names = _check_container(path, head, trusted)  # damaged zips and code-running payloads: refused first
     obj = _load(path, names, trusted)
     return _detect(path, obj, fmt), obj
 
@@ -83,7 +83,7 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def _check_container(path: Path, head: bytes) -> list[str]:
+def _check_container(path: Path, head: bytes, trusted: bool = False) -> list[str]:
     """The globals the file's pickles name, after checking a zip's CRCs; refuses what runs commands."""
     import zipfile
     import zlib
@@ -116,7 +116,7 @@ def _check_container(path: Path, head: bytes) -> list[str]:
             names += found
     else:
         names = _legacy_globals(path)
-    dangerous = [n for n in dict.fromkeys(names) if _is_dangerous(n)]
+    dangerous = [n for n in dict.fromkeys(names) if _is_dangerous(n, trusted)]
     if dangerous:
         shown = " and ".join(_display(n) for n in dangerous[:3]) + (
             f" (and {len(dangerous) - 3} more)" if len(dangerous) > 3 else "")
@@ -174,7 +174,15 @@ def _globals_of(data) -> list[str] | None:
     return found
 
 
-def _is_dangerous(name: str) -> bool:
+# Seen in pickles of real model objects (bound methods, enum members, functools.partial of an
+# itemgetter): refused in a file that is not trusted, accepted in one that is.
+TRUSTED_OK = frozenset({"builtins.getattr", "__builtin__.getattr", "types.MethodType"})
+TRUSTED_OK_MODULES = frozenset({"operator", "_operator"})
+
+
+def _is_dangerous(name: str, trusted: bool = False) -> bool:
+    if trusted and (name in TRUSTED_OK or name.split(".")[0] in TRUSTED_OK_MODULES):
+        return False
     return name == HIDDEN or name in DANGEROUS_NAMES or name.split(".")[0] in DANGEROUS_MODULES
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from release.errors import DataError
+from release.fingerprint import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,6 @@ def _split_name(split: str | None) -> str:
     return f"data.{split}" if split else "this data split"
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LISTED = 10  # located entries shown in one message; the rest are counted
 
 

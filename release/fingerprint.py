@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 TOOLS = ("torch", "onnx", "onnxruntime", "torch-pruning", "release")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # the image files a split is read from
 
 
 def digest(*parts: Any) -> str:
@@ -71,7 +72,31 @@ class HashCache:
         path = Path(path)
         names = sorted(names) if names is not None else sorted(
             str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-        return digest([(n, self.file(path / n)) for n in names])
+        return digest([(n, self.file(path / n) if (path / n).is_file() else "missing") for n in names])
+
+    def split(self, annotations: Path | None, images: Path) -> str:
+        """Hash of what a data split is read from: its annotations and the images they name, or, for
+        an images-only split, the image files at the top of its folder (as release.data reads them).
+        Only those files are hashed, so a folder that holds other things (or /usr) costs nothing more."""
+        images = Path(images)
+        if annotations is None:
+            with os.scandir(images) as entries:
+                names = [e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()]
+            return self.folder(images, names)
+        ann = self.file(annotations)
+        key = f"names:{ann}"  # the names an annotations file lists, remembered by its content
+        names = self._entries.get(key)
+        if names is None:
+            try:
+                doc = json.loads(Path(annotations).read_text(encoding="utf-8"))
+                names = sorted({str(im["file_name"]) for im in doc["images"]})
+            except (OSError, ValueError, KeyError, TypeError):
+                return digest(ann, "unreadable")  # the stage reading it reports the problem, located
+            self._entries[key] = names
+            self._dirty = True
+        # A name that leaves the folder is never opened (release.data refuses it, located).
+        safe = [n for n in names if not os.path.isabs(n) and ".." not in Path(n).parts]
+        return digest(ann, self.folder(images, safe))
 
     def save(self) -> None:
         if not self._dirty:

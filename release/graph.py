@@ -77,8 +77,10 @@ class Plan:
 
     @property
     def preflight(self) -> list[StageNode]:
-        """Stage nodes whose stage checks the manifest against the model before anything trains."""
-        return [n for n in self.nodes.values() if hasattr(stages.load(n.stage), "preflight")]
+        """Stage nodes checked against the model before anything trains: those whose stage has a
+        preflight hook, and any that builds the model (model.kwargs are checked against the builder)."""
+        return [n for n in self.nodes.values()
+                if hasattr(stages.load(n.stage), "preflight") or stages.load(n.stage).SPEC.uses_model]
 
     def measure_dir(self, node: StageNode) -> Path:
         return self.artifacts / "measure" / short(node.fingerprint)
@@ -136,10 +138,8 @@ def build(manifest: Manifest, root: Path) -> Plan:
         ref = getattr(manifest.data, split)
         if manifest.demo:
             data_fp[split] = digest(demo_fp["data"], split, ref.limit)
-        elif ref.annotations is None and ref.images.is_dir():
-            data_fp[split] = digest(hashes.folder(ref.images), ref.limit)
-        elif ref.annotations is not None and ref.annotations.is_file() and ref.images.is_dir():
-            data_fp[split] = digest(hashes.file(ref.annotations), hashes.folder(ref.images), ref.limit)
+        elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.is_file()):
+            data_fp[split] = digest(hashes.split(ref.annotations, ref.images), ref.limit)
         else:
             data_fp[split] = "missing"  # the stage reading it reports the missing file, with the fix
     if manifest.demo:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from release import stages
 from release.errors import ManifestError, did_you_mean
+from release.fingerprint import IMAGE_SUFFIXES
 from release.targets import Profile
 
 SCHEMA_VERSION = 1
@@ -29,8 +30,6 @@ FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', start
 MAX_BYTES = 1_000_000
 MAX_NODES = 20_000    # nodes of the document with every alias expanded (~10 us each to build)
 MAX_DEPTH = 64
-# As release.data.IMAGE_SUFFIXES (not imported: release.data imports numpy; loading stays light).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 IMAGE_SCAN = 2000     # entries of an images folder looked at, breadth first, for one image file
 PSEUDO_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
 

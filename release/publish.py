@@ -30,7 +30,7 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
             data[split] = {"annotations": relative(ref.annotations, Path(job["root"])) if labelled else None,
                            "annotations_sha256": hashes.file(ref.annotations) if labelled else None,
                            "images": relative(ref.images, Path(job["root"])),
-                           "images_sha256": hashes.folder(ref.images), "limit": ref.limit}
+                           "images_sha256": hashes.split(ref.annotations, ref.images), "limit": ref.limit}
     source = manifest.source
     return {
         "schema_version": LOCK_SCHEMA, "name": report["name"], "version": report["version"],

@@ -43,7 +43,7 @@ def guarded(fn):
 
 def _written_folder(job: dict) -> Path:
     """Where an action writes (for naming a full or read-only disk)."""
-    for key in ("out_dir", "out", "report", "release_dir", "data_dir", "checkpoint"):
+    for key in ("out_dir", "out", "report", "release_dir", "checkpoint", "data_dir"):
         if job.get(key):
             path = Path(job[key])
             return path if key in ("out_dir", "release_dir", "data_dir") else path.parent

@@ -37,6 +37,17 @@ def tiny_manifest_dict(**overrides) -> dict:
     return doc
 
 
+def placeholder_data(root: Path) -> None:
+    """The tiny manifest's splits as paths on disk under `root` (a stand-in json and one image
+    each), for tests that drop the demo section and never read the data: a manifest without a demo
+    must name data that exists."""
+    for split in ("train", "calibration", "eval"):
+        folder = Path(root) / "artifacts" / "demo" / "data" / split
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "images" / "0.png").write_bytes(b"\x89PNG")
+        (folder / "annotations.json").write_text("{}")
+
+
 def write_manifest(folder: Path, doc: dict, name: str = "tiny.yaml") -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -27,7 +27,7 @@ VARIANTS = {
 
 
 def _doc(**variants) -> dict:
-    return tiny_manifest_dict(variants=variants or VARIANTS)
+    return tiny_manifest_dict(version="0.1.0", variants=variants or VARIANTS)  # a new release: other variants
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def test_latency_from_device_fails_on_a_host_figure_and_passes_over_ssh(tiny_bui
     runner = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
     target = {"name": "rpi4", "runner": runner, "threads": 1, "python": sys.executable,
               "remote_dir": str(tmp_path / "device"), "ssh_options": list(ssh_options(sshd))}
-    write_manifest(root, tiny_manifest_dict(budget=budget, target=target))
+    # Measured again, on the device: new figures, so a new version (a published one never changes).
+    write_manifest(root, tiny_manifest_dict(version="0.0.2", budget=budget, target=target))
     done = run_doit(root, "release", "manifest=tiny.yaml")
     text = done.stdout + done.stderr
     assert done.returncode == 0, text
@@ -40,7 +41,7 @@ def test_latency_from_device_fails_on_a_host_figure_and_passes_over_ssh(tiny_bui
         assert row["latency"]["provenance"] == "device" and row["latency"]["runner"] == runner
         assert next(c for c in row["checks"] if c["budget"] == "latency_ms")["pass"]
     assert report["latency_provenance"].startswith("latency: measured on the target rpi4 (Raspberry Pi 4")
-    card = (root / "artifacts/tiny/release/0.0.1/MODEL_CARD.md").read_text()
+    card = (root / "artifacts/tiny/release/0.0.2/MODEL_CARD.md").read_text()
     assert "Latency provenance: **device**" in card
     # Both variants' models went to the device once each, by content; a rebuild is a no-op.
     assert len(list((tmp_path / "device").glob("*.onnx"))) == 2

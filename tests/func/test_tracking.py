@@ -123,14 +123,14 @@ def test_build_logs_parent_children_artifacts_and_registered_model(tiny_built, t
     assert len(runs_of(client, "tiny")) == len(runs)
 
     # A changed variant gets a new run; the unchanged one is reused, named by the new parent.
-    doc = tiny_manifest_dict()
+    doc = tiny_manifest_dict(version="0.0.2")  # other figures: a new version
     doc["variants"]["int8"][2]["quantize"]["per_channel"] = False
     write_manifest(root, doc)
     changed = doit_with(root, server.uri, "release", "manifest=tiny.yaml")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     after = runs_of(client, "tiny")
     new = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
-    assert sorted(r.info.run_name for r in new) == ["int8", "tiny 0.0.1 build"]
+    assert sorted(r.info.run_name for r in new) == ["int8", "tiny 0.0.2 build"]
     new_parent = next(r for r in new if "mlflow.parentRunId" not in r.data.tags)
     assert new_parent.data.tags["reused.fp32"] == children["fp32"].info.run_id
 

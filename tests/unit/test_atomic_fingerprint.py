@@ -60,3 +60,26 @@ def test_leftovers_of_an_interrupted_write_are_removed_by_the_next(tmp_path):
     with atomic_dir(final) as tmp:
         (tmp / "f").write_bytes(b"done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tmp-1", "out"]
+
+
+def test_a_live_writers_temp_is_never_removed(tmp_path):
+    """Finding 5: stale-temp cleanup must not delete another live build's temp file."""
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        final = tmp_path / "hashes.json"
+        theirs = tmp_path / f"hashes.json.tmp-{live.pid}-abc"
+        theirs.write_text("being written")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        stale = tmp_path / f"hashes.json.tmp-{dead.stdout.strip()}-xyz"
+        stale.write_text("left by a killed build")
+        with atomic_file(final, "w") as handle:
+            handle.write("{}")
+        assert theirs.read_text() == "being written"  # a live writer's: kept
+        assert not stale.exists()  # its writer is gone: removed
+    finally:
+        live.kill()
+        live.wait()

@@ -15,7 +15,7 @@ from release.measure import accuracy
 from release.model import load_weights
 from release.stages import export, strip
 from release.stages.base import StageContext
-from tests.conftest import tiny_manifest_dict, write_manifest
+from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
 
 FORMATS = ["lightning", "mmdet", "yolov5", "state_dict", "safetensors"]
 
@@ -193,6 +193,7 @@ def test_strict_false_needs_an_allow_list_and_is_recorded(tiny_project, raw, tmp
     torch.save(partial, path)
     doc = tiny_manifest_dict()
     doc.pop("demo")
+    placeholder_data(tmp_path)
 
     def strip_with(**source):
         doc["source"] = {"checkpoint": str(path), **source}

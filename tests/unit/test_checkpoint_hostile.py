@@ -22,7 +22,7 @@ from release import manifest as manifests
 from release.errors import CheckpointError
 from release.stages import strip
 from release.stages.base import StageContext
-from tests.conftest import REPO, tiny_manifest_dict, write_manifest
+from tests.conftest import REPO, placeholder_data, tiny_manifest_dict, write_manifest
 
 FORMATS = ["auto", "state_dict", "lightning", "mmdet", "yolov5", "safetensors"]
 CLASS_MODULE = "hostile_models_c7.yolo"  # a made-up package: importable only while the fixture saves
@@ -204,7 +204,7 @@ def test_a_payload_is_named_as_such_without_a_trust_hint(bad, payload, shown):
 
 @pytest.mark.parametrize("module, name", [
     ("os", "system"), ("posix", "system"), ("nt", "system"), ("subprocess", "Popen"), ("builtins", "exec"),
-    ("builtins", "compile"), ("builtins", "__import__"), ("builtins", "getattr"), ("__builtin__", "eval"),
+    ("builtins", "compile"), ("builtins", "__import__"), ("__builtin__", "eval"),
     ("pty", "spawn"), ("shutil", "rmtree"), ("socket", "create_connection"), ("runpy", "run_path"),
 ])
 @pytest.mark.parametrize("protocol", [2, 4])
@@ -216,6 +216,19 @@ def test_every_command_running_global_is_refused(tmp_path, module, name, protoco
     with pytest.raises(CheckpointError, match=f"asks to run .*{name} when loaded") as err:
         checkpoint.read(path, trusted=True)
     assert "trusted" not in str(err.value)
+    _markers_absent(tmp_path)
+
+
+def test_getattr_is_refused_by_name_unless_trusted(tmp_path):
+    """Real pickled model objects may use getattr (bound methods, enum members): named as a
+    payload in an untrusted file, accepted by the scan in a trusted one."""
+    path = tmp_path / "payload.pkl"
+    path.write_bytes(_crafted("builtins", "getattr", str(tmp_path / "pwned"), 4))
+    with pytest.raises(CheckpointError, match="asks to run builtins.getattr when loaded"):
+        checkpoint.read(path)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.read(path, trusted=True)
+    assert "asks to run" not in str(err.value)
     _markers_absent(tmp_path)
 
 
@@ -257,6 +270,7 @@ def _demo_state(width: float = 0.5, aux: bool = False) -> dict:
 def _strip(tmp_path: Path, path: Path, params=None, **source):
     doc = tiny_manifest_dict()
     doc.pop("demo")
+    placeholder_data(tmp_path)
     doc["source"] = {"checkpoint": str(path), **source}
     manifest = manifests.load(write_manifest(tmp_path, doc, f"{path.stem}.yaml"), tmp_path)
     out = tmp_path / f"strip-{path.stem}-{len(list(tmp_path.glob('strip-*')))}"

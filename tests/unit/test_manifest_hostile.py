@@ -22,7 +22,7 @@ import yaml
 
 from release import manifest
 from release.errors import ManifestError, ReleaseError
-from tests.conftest import tiny_manifest_dict, write_manifest
+from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
 
 SPLITS = ("train", "calibration", "eval")
 
@@ -59,11 +59,7 @@ def fake_data(root: Path) -> dict:
     with the demo section removed: what a project with its own data looks like."""
     doc = tiny_manifest_dict()
     doc.pop("demo")
-    for split in SPLITS:
-        folder = root / "artifacts" / "demo" / "data" / split
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        (folder / "images" / "0.png").write_bytes(b"\x89PNG")
-        (folder / "annotations.json").write_text("{}")
+    placeholder_data(root)
     ckpt = root / "artifacts" / "demo" / "train_last.ckpt"
     ckpt.write_bytes(b"not really a checkpoint")
     return doc

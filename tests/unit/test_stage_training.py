@@ -13,7 +13,7 @@ from release.manifest import load as load_manifest
 from release.model import load_adapter, load_weights, sparsity
 from release.stages import distill, finetune, prune
 from release.stages.base import StageContext
-from tests.conftest import tiny_manifest_dict, write_manifest
+from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
 
 
 def _run(module, project, inp, out, resume=None, **params):
@@ -217,6 +217,7 @@ def test_prune_after_distill_is_checked_against_the_student(tmp_path):
 def test_finetune_needs_labelled_training_data(tmp_path):
     doc = tiny_manifest_dict()
     doc.pop("demo")  # the demo generates labelled splits
+    placeholder_data(tmp_path)
     del doc["data"]["train"]["annotations"]
     doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 10}}, "export"],
                        "taught": ["strip", {"distill": {"student": {"kwargs": {"width": 0.25}}, "labels": False}},
