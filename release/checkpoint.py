@@ -15,34 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from release.errors import CheckpointError, closest
+from release.pickle_scan import check_container, first_line
 
 # Prefixes under which Lightning-style checkpoints keep the raw and the EMA copy of the model.
 RAW_PREFIXES = ("model.", "module.")
 EMA_PREFIXES = ("avg_model.", "ema_model.", "model_ema.", "ema.")
 TRAINING_KEYS = ("optimizer_states", "optimizer", "lr_schedulers", "param_schedulers", "callbacks",
                  "loops", "message_hub", "epoch", "global_step", "hyper_parameters", "meta")
-
-
-# Globals no training run pickles: loading a file that names one runs a command, code or I/O.
-# Module roots: every name in them is refused; builtins and a few others: the names listed.
-DANGEROUS_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "_posixsubprocess", "pty", "shutil", "socket", "_socket", "ssl",
-    "runpy", "importlib", "imp", "ctypes", "_ctypes", "webbrowser", "commands", "popen2", "multiprocessing",
-    "pdb", "bdb", "code", "codeop", "marshal", "pickle", "_pickle", "dill", "cloudpickle", "sys", "asyncio",
-    "urllib", "urllib2", "http", "httplib", "ftplib", "smtplib", "telnetlib", "requests", "timeit", "cProfile",
-    "profile", "trace", "pydoc", "signal", "operator", "_operator", "sysconfig", "distutils", "pip",
-})
-DANGEROUS_NAMES = frozenset(
-    {f"{b}.{n}" for b in ("builtins", "__builtin__") for n in (
-        "eval", "exec", "execfile", "compile", "__import__", "getattr", "setattr", "delattr", "open", "file",
-        "input", "breakpoint", "globals", "locals", "vars", "reload", "apply", "exit", "quit", "help")}
-    | {"io.open", "_io.open", "io.FileIO", "_io.FileIO", "numpy.testing._private.utils.runstring",
-       "types.FunctionType", "types.CodeType", "types.LambdaType", "types.MethodType", "types.ModuleType",
-       "torch.load", "torch.hub.load", "torch.hub.load_state_dict_from_url", "torch.serialization.load"})
-_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-                         "SHORT_BINSTRING"})
-_NO_PUSH = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME", "STOP", "POP", "POP_MARK"})
-HIDDEN = "(a callable whose name the file hides)"
 
 
 def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any]:
@@ -66,130 +45,16 @@ def read(path: Path, fmt: str = "auto", trusted: bool = False) -> tuple[str, Any
         try:
             return "safetensors", load_file(str(path))
         except Exception as exc:  # the safetensors reader runs no code from the file; any failure is a bad file
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)}). The file may be "
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(exc)}). The file may be "
                                   f"truncated or damaged: copy it again, or set source.format.") from None
 
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         looks = " It looks like safetensors: set source.format: safetensors." if head[8:9] == b"{" else ""
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head[:8]!r}).{looks} "
                               f"Check source.checkpoint, or set source.format.")
-    names = _check_container(path, head, trusted)  # damaged zips and code-running payloads: refused first
+    names = check_container(path, head, trusted)  # damaged zips and code-running payloads: refused first
     obj = _load(path, names, trusted)
     return _detect(path, obj, fmt), obj
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-def _check_container(path: Path, head: bytes, trusted: bool = False) -> list[str]:
-    """The globals the file's pickles name, after checking a zip's CRCs; refuses what runs commands."""
-    import zipfile
-    import zlib
-
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()  # reads every record and compares it with its stored CRC-32
-                if bad is not None:
-                    raise CheckpointError(
-                        f"{path}: the file is damaged: the bytes of its record '{bad}' do not match the checksum "
-                        f"stored with them (changed on disk or in transfer). Copy it again from where it was "
-                        f"trained.")
-                pickles = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
-        except CheckpointError:
-            raise
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError,
-                RuntimeError) as exc:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: the file is truncated or damaged "
-                                  f"({_first_line(exc)}). Copy it again.") from None
-        if not pickles:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: a zip file without the data.pkl "
-                                  f"a torch.save archive holds. Check source.checkpoint.")
-        names = []
-        for data in pickles:
-            found = _globals_of(data)
-            if found is None:
-                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: its pickle is malformed. "
-                                      f"The file may be damaged: copy it again.")
-            names += found
-    else:
-        names = _legacy_globals(path)
-    dangerous = [n for n in dict.fromkeys(names) if _is_dangerous(n, trusted)]
-    if dangerous:
-        shown = " and ".join(_display(n) for n in dangerous[:3]) + (
-            f" (and {len(dangerous) - 3} more)" if len(dangerous) > 3 else "")
-        raise CheckpointError(f"{path}: this file asks to run {shown} when loaded: it is not a checkpoint a training "
-                              f"run writes; do not load it. It was not loaded. Get the checkpoint again from its "
-                              f"training run.")
-    return names
-
-
-def _legacy_globals(path: Path) -> list[str]:
-    """A non-zip file: a plain pickle, or torch's legacy format (five pickles, then raw storage bytes)."""
-    names: list[str] = []
-    with open(path, "rb") as handle:
-        for index in range(5):
-            found = _globals_of(handle)
-            if found is None:
-                if index == 0:
-                    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: it starts like a pickle but "
-                                          f"is malformed. The file may be damaged: copy it again.")
-                break
-            names += found
-    return names
-
-
-def _globals_of(data) -> list[str] | None:
-    """'module.name' of every global a pickle asks for, read opcode by opcode (nothing is executed);
-    None when it is not a well-formed pickle."""
-    import pickletools
-
-    found: list[str] = []
-    memo: dict = {}
-    pushed: list = []  # the last two values pushed: STACK_GLOBAL's module and name
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            name = op.name
-            if name == "PROTO" and arg > 5:
-                return None
-            if name in ("GLOBAL", "INST"):
-                module, _, attr = str(arg).partition(" ")
-                found.append(f"{module}.{attr}")
-            elif name == "STACK_GLOBAL":
-                module, attr = ([None, None] + pushed)[-2:]
-                found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else HIDDEN)
-            if name == "MEMOIZE":
-                memo[len(memo)] = pushed[-1] if pushed else None
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = pushed[-1] if pushed else None
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                pushed.append(memo.get(arg))
-            elif name not in _NO_PUSH:
-                pushed.append(arg if name in _STRING_OPS else None)
-            del pushed[:-2]
-    except Exception:  # pickletools raises ValueError and friends on malformed input
-        return None
-    return found
-
-
-# Seen in pickles of real model objects (bound methods, enum members, functools.partial of an
-# itemgetter): refused in a file that is not trusted, accepted in one that is.
-TRUSTED_OK = frozenset({"builtins.getattr", "__builtin__.getattr", "types.MethodType"})
-TRUSTED_OK_MODULES = frozenset({"operator", "_operator"})
-
-
-def _is_dangerous(name: str, trusted: bool = False) -> bool:
-    if trusted and (name in TRUSTED_OK or name.split(".")[0] in TRUSTED_OK_MODULES):
-        return False
-    return name == HIDDEN or name in DANGEROUS_NAMES or name.split(".")[0] in DANGEROUS_MODULES
-
-
-def _display(name: str) -> str:
-    module, _, attr = name.rpartition(".")
-    # os.system pickles as posix.system (nt.system on Windows); builtins as __builtin__ in protocol 2
-    return f"os.{attr}" if module in ("posix", "nt") else f"builtins.{attr}" if module == "__builtin__" else name
 
 
 def _load(path: Path, names: list[str], trusted: bool) -> Any:
@@ -204,12 +69,12 @@ def _load(path: Path, names: list[str], trusted: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
         if trusted or "GLOBAL" not in str(exc):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}). The file may "
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)}). The file may "
                                   f"be truncated or damaged: copy it again.") from None
         import re
 
         wanted = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
-        needs = (f"It asks for {', '.join(wanted)}" if wanted else _first_line(exc)) + \
+        needs = (f"It asks for {', '.join(wanted)}" if wanted else first_line(exc)) + \
             (" (a pickled model object, as YOLOv5 / Ultralytics save)" if wanted else "")
         raise CheckpointError(
             f"{path}: this checkpoint needs code to unpickle, and running code from a file can do anything "
@@ -230,7 +95,7 @@ def _load(path: Path, names: list[str], trusted: bool) -> Any:
             f"then run again; or, where that code is importable, re-save the weights as a plain state_dict.") from None
     except Exception as exc:
         if not trusted:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}). The file may "
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)}). The file may "
                                   f"be truncated or damaged: copy it again.") from None
         import re
 
@@ -241,7 +106,7 @@ def _load(path: Path, names: list[str], trusted: bool) -> Any:
                 f"pickled objects need: it is another version of the code that saved the file. Make that "
                 f"version importable (PYTHONPATH), or re-save the weights as a plain state_dict with it.") from None
         raise CheckpointError(
-            f"{path}: loading the file's pickled objects failed ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{path}: loading the file's pickled objects failed ({type(exc).__name__}: {first_line(exc)}). "
             f"With source.trusted the file's classes are rebuilt from the code importable here: it must be "
             f"the code that saved the file. Else re-save the weights as a plain state_dict.") from None
 
@@ -340,7 +205,7 @@ def _module_state(path: Path, module: Any, which: str) -> dict:
         return module.state_dict()
     except Exception as exc:  # trusted: a pickled model whose class is another version of its code
         raise CheckpointError(f"{path}: the pickled model in '{which}' ({type(module).__name__}) cannot give its "
-                              f"weights ({type(exc).__name__}: {_first_line(exc)}): the code importable here for "
+                              f"weights ({type(exc).__name__}: {first_line(exc)}): the code importable here for "
                               f"it is another version than the one that saved it.") from None
 
 

@@ -1,4 +1,5 @@
-"""The release manifest: schema, loading with YAML line numbers, and errors a user can act on.
+"""The release manifest: schema, variants and loading (YAML reading in manifest_yaml, located
+problems in manifest_problems, path checks in manifest_paths).
 
 Every problem is reported at once, each with the file, the line, the field path, the value received
 and what was expected; unknown keys and stage names suggest the closest valid one. Paths in a
@@ -7,18 +8,17 @@ manifest are relative to the project root (the folder `doit` runs in), like DVC'
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from release import stages
 from release.errors import ManifestError, did_you_mean
-from release.fingerprint import IMAGE_SUFFIXES
+from release.manifest_paths import _check_paths
+from release.manifest_problems import _describe, _Problems, _short
+from release.manifest_yaml import _line_index, _parse, _read
 from release.targets import Profile
 
 SCHEMA_VERSION = 1
@@ -26,12 +26,6 @@ IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one safe path component: no '/', no leading '.'
 FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', starting with a letter or digit "
                     "(no '/', no '..', not an absolute path)")
-# Bounds on what a manifest may be: real ones are a few KB, a few levels deep, a few hundred nodes.
-MAX_BYTES = 1_000_000
-MAX_NODES = 20_000    # nodes of the document with every alias expanded (~10 us each to build)
-MAX_DEPTH = 64
-IMAGE_SCAN = 2000     # entries of an images folder looked at, breadth first, for one image file
-PSEUDO_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 class Strict(BaseModel):
@@ -224,259 +218,6 @@ def resolve(name: str | Path, root: Path) -> Path:
     )
 
 
-# ---------------------------------------------------------------- YAML with line numbers
-
-class _Refused(yaml.MarkedYAMLError):
-    """A document the loader will not build (too large, too deep, recursive): not a syntax error."""
-
-
-try:  # libyaml's parser (C) makes the events; composing and constructing stay in Python, bounded below
-    from yaml._yaml import CParser as _Parser
-
-    _PARSER_BYTES = True  # its error positions count UTF-8 bytes
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml.parser import Parser
-    from yaml.reader import Reader
-    from yaml.scanner import Scanner
-
-    class _Parser(Reader, Scanner, Parser):
-        def __init__(self, stream):
-            Reader.__init__(self, stream)
-            Scanner.__init__(self)
-            Parser.__init__(self)
-
-    _PARSER_BYTES = False
-
-
-class _Loader(_Parser, yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
-    """A safe loader that bounds what a document may expand to and records duplicate mapping keys.
-
-    An alias is a reference, so composing stays linear; what a consumer walks, though, is the
-    expanded tree (a 'billion laughs' document of 1 KB expands to 9^9 nodes). The expanded size of
-    every node is known when it is composed (memoised by node), so each alias adds the size of what
-    it names, and the document is refused once the total passes MAX_NODES. Nesting deeper than
-    MAX_DEPTH is refused before the composer's recursion can reach Python's limit.
-    """
-
-    def __init__(self, stream):
-        _Parser.__init__(self, stream)
-        yaml.composer.Composer.__init__(self)
-        yaml.constructor.SafeConstructor.__init__(self)
-        yaml.resolver.Resolver.__init__(self)
-        self.sizes: dict[int, int] = {}
-        self.expanded = 0
-        self.depth = 0
-        self.duplicates: list[tuple[int, Any, int, int]] = []  # (id of the mapping node, key, first line, line)
-
-    def _grow(self, by: int, mark, alias: str | None) -> None:
-        self.expanded += by
-        if self.expanded > MAX_NODES:
-            what = (f"with alias *{alias} the document expands to more than {MAX_NODES} nodes through aliases "
-                    f"(an 'alias bomb'); a manifest needs a few hundred: write the values out or alias less"
-                    if alias else f"the document has more than {MAX_NODES} values; a manifest needs a few hundred")
-            raise _Refused(problem=what, problem_mark=mark)
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            node = self.anchors.get(event.anchor)
-            if node is not None:
-                size = self.sizes.get(id(node))
-                if size is None:
-                    raise _Refused(problem=f"alias *{event.anchor} refers to a node that contains it (a "
-                                           f"recursive structure); a manifest is a tree",
-                                   problem_mark=event.start_mark)
-                self._grow(size, event.start_mark, event.anchor)
-            return yaml.composer.Composer.compose_node(self, parent, index)
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep; a manifest needs a few",
-                           problem_mark=event.start_mark)
-        self._grow(1, event.start_mark, None)
-        node = yaml.composer.Composer.compose_node(self, parent, index)
-        self.depth -= 1
-        if isinstance(node, yaml.MappingNode):
-            size = 1 + sum(self.sizes[id(k)] + self.sizes[id(v)] for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            size = 1 + sum(self.sizes[id(v)] for v in node.value)
-        else:
-            size = 1
-        self.sizes[id(node)] = size
-        return node
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # merged keys may be overridden: that is what a merge is for
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    hash(key)
-                except TypeError:
-                    continue  # the constructor reports an unhashable key itself
-                line = key_node.start_mark.line + 1
-                if key in first:
-                    self.duplicates.append((id(node), key, first[key], line))
-                else:
-                    first[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-    def get_single_node(self):  # the Python composer's (CParser has its own, unbounded, in C)
-        return yaml.composer.Composer.get_single_node(self)
-
-    def compose_document(self):
-        return yaml.composer.Composer.compose_document(self)
-
-
-def _parse(path: Path, text: str) -> tuple[Any, yaml.Node | None, _Loader]:
-    """(the document, its node tree, the loader that read it) or a located ManifestError."""
-    loader = None
-    try:
-        loader = _Loader(text)  # checks every character first
-        node = loader.get_single_node()
-        raw = loader.construct_document(node) if node is not None else None
-    except _Refused as exc:
-        mark = exc.problem_mark
-        raise ManifestError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}.") from None
-    except yaml.reader.ReaderError as exc:
-        data = text.encode("utf-8", "surrogatepass") if _PARSER_BYTES else text
-        newline = b"\n" if _PARSER_BYTES else "\n"
-        before = data[:exc.position]
-        line_start = before[before.rfind(newline) + 1:]
-        column = len(line_start.decode("utf-8", "replace") if _PARSER_BYTES else line_start) + 1
-        raise ManifestError(f"{path}: line {before.count(newline) + 1}, column {column}: "
-                            f"not valid YAML ({exc.reason}; remove the character).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)}).") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return raw, node, loader
-
-
-def _read(path: Path) -> str:
-    """The manifest's text: a regular file, at most MAX_BYTES, UTF-8 (else one located line)."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ManifestError(f"{path}: not a regular file ({_kind_name(st.st_mode)}); give the manifest's path.")
-        if st.st_size > MAX_BYTES:
-            raise ManifestError(f"{path}: {st.st_size} bytes, larger than a manifest may be ({MAX_BYTES}); "
-                                f"is this the manifest?")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ManifestError(f"{path}: cannot read the manifest ({reason}).") from None
-    if len(data) > MAX_BYTES:
-        raise ManifestError(f"{path}: larger than a manifest may be ({MAX_BYTES} bytes); is this the manifest?")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ManifestError(f"{path}: line {line}, column {column}: byte {exc.start} (0x{data[exc.start]:02x}) "
-                            f"is not UTF-8 ({exc.reason}); save the file as UTF-8.") from None
-
-
-def _line_index(node: yaml.Node, nodes: dict[int, tuple] | None = None) -> dict[tuple, int]:
-    """Map every field path in the YAML document to its 1-based line.
-
-    Linear in the document's size: a subtree reached again through an alias is not walked again
-    (its paths take the line of the first place it appears). `nodes`, when given, receives the
-    first path of every mapping and sequence node (by id), for problems found per node.
-    """
-    out: dict[tuple, int] = {}
-    seen: dict[int, tuple] = {} if nodes is None else nodes
-    stack: list[tuple[yaml.Node, tuple]] = [(node, ())]
-    while stack:
-        current, path = stack.pop()
-        out.setdefault(path, current.start_mark.line + 1)
-        if not isinstance(current, (yaml.MappingNode, yaml.SequenceNode)) or id(current) in seen:
-            continue
-        seen[id(current)] = path
-        if isinstance(current, yaml.MappingNode):
-            children = []
-            for key, value in current.value:
-                k = key.value if isinstance(key, yaml.ScalarNode) else repr(key.value)[:40]
-                out[path + (k,)] = key.start_mark.line + 1  # a duplicated key: the last one's line
-                children.append((value, path + (k,)))
-            stack.extend(reversed(children))
-        else:
-            for i, item in reversed(list(enumerate(current.value))):
-                stack.append((item, path + (i,)))
-    return out
-
-
-def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """repr of a value, cut to `limit` characters (a manifest may hold a megabyte string)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
-
-
-def _dotted(loc: tuple) -> str:
-    text = ""
-    for part in (p if isinstance(p, int) else _short(str(p), 60) for p in loc):
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
-    """The valid keys of the pydantic model that sits at `loc` (for 'did you mean')."""
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return []
-        ann = model.model_fields[part].annotation
-        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = candidates[0] if candidates else None
-    return list(model.model_fields) if model else []
-
-
-class _Problems:
-    SHOWN = 50  # problems listed; the rest are counted
-
-    def __init__(self, path: Path, lines: dict[tuple, int]):
-        self.path, self.lines, self.items, self.count = path, lines, [], 0
-
-    def add(self, loc: tuple, message: str, line: int | None = None) -> None:
-        self.count += 1
-        if len(self.items) >= self.SHOWN:
-            return
-        line = line or _line_for(self.lines, loc)
-        where = f"line {line}, " if line else ""
-        self.items.append(f"  {where}{_dotted(loc)}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            n = self.count
-            more = [f"  ... and {n - len(self.items)} more"] if n > len(self.items) else []
-            raise ManifestError(f"{self.path}: {n} problem{'s' * (n != 1)}\n" + "\n".join(self.items + more))
-
-
-def _describe(err: dict, model: type[BaseModel] | None, loc_prefix: tuple = ()) -> tuple[tuple, str]:
-    loc = loc_prefix + tuple(err["loc"])
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        key = loc[-1]
-        valid = _fields_at(model, tuple(err["loc"])[:-1])
-        hint = did_you_mean(str(key)[:60], valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
-        return loc, f"unknown key '{_short(str(key), 60)}'.{hint}"
-    if err["type"] == "missing":
-        return loc, "required field is missing."
-    shown = _short(repr(value)) if not isinstance(value, dict) else "a mapping"
-    return loc, f"got {shown}; {err['msg'][0].lower() + err['msg'][1:]}."
-
-
 # ---------------------------------------------------------------- variants
 
 KIND_HINT = {"checkpoint": "start the pipeline with `strip`", "weights": "add `strip` first",
@@ -614,145 +355,6 @@ def load(path: Path, root: Path | None = None) -> Manifest:
         problems.add(("target", "name"), problem)
     problems.raise_if_any()
     return manifest
-
-
-# ---------------------------------------------------------------- paths
-
-def _kind_name(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _pseudo(resolved: Path) -> Path | None:
-    """The kernel pseudo-file system (/proc, /sys, /dev but /dev/shm) a path lies on, if any."""
-    if resolved.is_relative_to("/dev/shm"):
-        return None
-    return next((p for p in PSEUDO_FS if resolved.is_relative_to(p)), None)
-
-
-def _holds_images(folder: Path) -> bool:
-    """Whether an image file is among the first IMAGE_SCAN entries of a folder, breadth first
-    (COCO file names may name subfolders). Bounded: `/usr` is answered at once, never walked."""
-    queue, seen = [folder], 0
-    while queue:
-        current = queue.pop(0)
-        try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    seen += 1
-                    if seen > IMAGE_SCAN:
-                        return False
-                    try:
-                        if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
-                            return True
-                        if entry.is_dir() and _pseudo(Path(entry.path)) is None:
-                            queue.append(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-    return False
-
-
-def _get(raw: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(raw, dict):
-            return None
-        raw = raw.get(key)
-    return raw
-
-
-def _check_kind(problems: _Problems, loc: tuple, value: Any, root: Path, want: str, required: bool,
-                images: bool = False) -> None:
-    """A path the build reads: when it exists (or always, when `required`), it must be a regular
-    file / a folder (not a FIFO, socket, device or kernel pseudo-file, which would hang or fail
-    the hashing), and an images folder must hold images."""
-    if not isinstance(value, str):
-        return  # a wrong type is reported by validation
-    path = root / value
-    shown = _short(value)
-    noun = "file" if want == "file" else "folder"
-    try:
-        resolved = path.resolve()
-        pseudo = _pseudo(resolved)
-        if pseudo is not None:
-            problems.add(loc, f"{shown} is on {pseudo}, a kernel pseudo-file system, not a data {noun}: "
-                              f"point it at a {'regular file' if want == 'file' else 'folder'}.")
-            return
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        if required:
-            problems.add(loc, f"no such {noun}: {path}. Check the path (relative to the project folder {root}).")
-        return
-    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, a name too long
-        problems.add(loc, f"{shown} cannot be used as a path ({_reason(exc)}).")
-        return
-    if want == "file" and not stat.S_ISREG(st.st_mode):
-        problems.add(loc, f"{shown} is not a regular file ({_kind_name(st.st_mode)}): point it at the file itself.")
-    elif want == "folder" and not stat.S_ISDIR(st.st_mode):
-        problems.add(loc, f"{shown} is not a folder ({_kind_name(st.st_mode)}): point it at a folder.")
-    elif images and not _holds_images(path):
-        problems.add(loc, f"{shown} holds no image files ({', '.join(IMAGE_SUFFIXES)}) among its first "
-                          f"{IMAGE_SCAN} entries: point it at the folder of the split's images.")
-
-
-def _check_written(problems: _Problems, loc: tuple, value: Any, root: Path, raw: dict, example: str) -> Path | None:
-    """A path the build writes (and may replace wholesale) must resolve inside <root>/artifacts/,
-    outside the folders the build manages itself. Returns the resolved path when it is fine."""
-    if not isinstance(value, str):
-        return None
-    artifacts = root / "artifacts"
-    try:
-        resolved, inside = (root / value).resolve(), artifacts.resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        problems.add(loc, f"{_short(value)} cannot be used as a path ({_reason(exc)}).")
-        return None
-    if resolved == inside or not resolved.is_relative_to(inside):
-        problems.add(loc, f"{_short(value)} resolves to {_short(str(resolved))}, outside the build folder "
-                          f"{artifacts}/: the demo writes here; point it under artifacts/ (e.g. {example}).")
-        return None
-    top = resolved.relative_to(inside).parts[0]
-    name = raw.get("name") if isinstance(raw.get("name"), str) else None
-    managed = top in ("stages", "measure", "mlflow") or top.startswith(".") or (
-        top == name and resolved.relative_to(inside).parts[1:2] == ("release",))
-    if managed:
-        problems.add(loc, f"{_short(value)} is inside artifacts/{top}/, which the build manages itself: the demo "
-                          f"writes here; point it at a place of its own under artifacts/ (e.g. {example}).")
-        return None
-    return resolved
-
-
-def _check_paths(raw: dict, root: Path, problems: _Problems) -> None:
-    """Paths the build writes stay inside artifacts/; paths it reads are a file / a folder."""
-    demo = isinstance(raw.get("demo"), dict)
-    checkpoint = _get(raw, "source", "checkpoint")
-    if demo:
-        data_dir = _check_written(problems, ("demo", "data_dir"), _get(raw, "demo", "data_dir"), root, raw,
-                                  "artifacts/demo/data")
-        ckpt = _check_written(problems, ("source", "checkpoint"), checkpoint, root, raw,
-                              "artifacts/demo/train_last.ckpt")
-        if data_dir is not None and ckpt is not None and (
-                ckpt.is_relative_to(data_dir) or data_dir.is_relative_to(ckpt)):
-            problems.add(("source", "checkpoint"), "the demo trains this checkpoint and regenerates demo.data_dir as "
-                                                   "a whole: keep the checkpoint outside demo.data_dir.")
-        _check_kind(problems, ("demo", "data_dir"), _get(raw, "demo", "data_dir"), root, "folder", required=False)
-    _check_kind(problems, ("source", "checkpoint"), checkpoint, root, "file", required=False)
-    for split in ("train", "calibration", "tuning", "eval"):
-        ref = _get(raw, "data", split)
-        if not isinstance(ref, dict):
-            continue
-        _check_kind(problems, ("data", split, "annotations"), ref.get("annotations"), root, "file",
-                    required=not demo)
-        _check_kind(problems, ("data", split, "images"), ref.get("images"), root, "folder", required=not demo,
-                    images=not demo)
 
 
 def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:

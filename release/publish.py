@@ -15,7 +15,7 @@ from pathlib import Path
 
 from release import __version__
 from release.atomic import atomic_dir, write_json, write_text
-from release.fingerprint import HashCache, file_sha256, tool_versions
+from release.fingerprint import HashCache, digest, file_sha256, tool_versions
 from release.graph import relative
 
 LOCK_SCHEMA = 1
@@ -215,10 +215,10 @@ def publish(report: dict, job: dict, log=print) -> dict:
     model_sha, metrics = file_sha256(source), _metrics(report, name)
     dest = Path(job["release_dir"])
     result = {"published": relative(dest, root), "variant": name, "model_sha256": model_sha,
-              "metrics_sha256": _digest(metrics)}
+              "metrics_sha256": digest(metrics)}
     lock, problem = verify(dest)
     if dest.exists() and problem is None:
-        if lock.get("model_sha256") == model_sha and _digest(_read_or_none(dest / "metrics.json")) == _digest(metrics):
+        if lock.get("model_sha256") == model_sha and digest(_read_or_none(dest / "metrics.json")) == digest(metrics):
             log(f"publish: {relative(dest, root)} already holds exactly this release; left as it is")
             return result
         raise ReleaseError(_immutable(dest, report, lock, model_sha, metrics))
@@ -258,12 +258,6 @@ def _read_or_none(path: Path):
         return read_json(path)
     except (OSError, ValueError):
         return None
-
-
-def _digest(value) -> str:
-    from release.fingerprint import digest
-
-    return digest(value)
 
 
 def _immutable(dest: Path, report: dict, lock: dict, model_sha: str, metrics: dict) -> str:

@@ -209,5 +209,5 @@ class Parity:
                 f"something else for these inputs. {CONTROL_FLOW}")
         if w["diff"] <= 10 * self.atol:
             tail += (" (The absolute difference is small: if the expected value is near zero because "
-                     f"large terms cancel, it may still be rounding; then raise export.parity_atol.)")
+                     "large terms cancel, it may still be rounding; then raise export.parity_atol.)")
         return f"{head} {tail}"
