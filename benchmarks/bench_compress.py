@@ -36,12 +36,13 @@ def main() -> int:
     args = parser.parse_args()
     root = args.root.resolve()
 
-    from release import graph, manifest
-    from release.model import load_adapter, load_weights
+    from release import manifest, plan as plans
+    from release.usercode import load_adapter
+    from release.weights import load_weights
     from release.training import load_train_set
 
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = graph.build(loaded, root)
+    plan = plans.build(loaded, root)
     report_path = plan.release_dir / "report.json"
     if not report_path.is_file():
         print(f"no build in {root}: run `doit release manifest={args.manifest}` there first", file=sys.stderr)

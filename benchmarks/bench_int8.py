@@ -31,13 +31,13 @@ def main() -> int:
     args = parser.parse_args()
     root = args.root.resolve()
 
-    from release import graph, manifest
+    from release import manifest, plan as plans
     from release.measure import accuracy, latency, size
     from release.stages import quantize
     from release.stages.base import StageContext
 
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = graph.build(loaded, root)
+    plan = plans.build(loaded, root)
     node = plan.final.get("fp32")
     exported = node.output if node is not None and node.stage == "export" and node.output.is_file() else None
     if exported is None:

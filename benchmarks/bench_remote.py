@@ -34,9 +34,9 @@ def main() -> int:
 
     import torch
 
-    from release.demo.detector import build
+    from release.models.demo.detector import build
     from release.measure import latency
-    from release.measure.remote import SshRunner
+    from release.measure.ssh import SshRunner
     from release.targets import resolve
     from tests.sshd import SSHD, running_sshd, ssh_options
 

@@ -1,4 +1,4 @@
-"""`release` command line: checks that need no build (validate a manifest against its model, show its plan)."""
+"""`release` command line: checks that need no build (check a manifest against its model, show its plan)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ def _project_on_path(root: Path) -> None:
     sys.path.insert(0, folder)
 
 
-def _validate(args) -> int:
-    from release import graph, manifest, preflight
+def _check(args) -> int:
+    from release import check, manifest, plan as plans
 
     root = Path(args.root)
     _project_on_path(root)
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = graph.build(loaded, root)
+    plan = plans.build(loaded, root)
     # Builds the model whenever a stage uses it (model.kwargs against the builder), then prune
     # patterns, a student's outputs, an adapter's loss.
-    preflight.check(loaded)
+    check.run(loaded)
     print(f"{loaded.path}: valid (schema {loaded.schema_version}); {len(loaded.pipelines)} variants, "
           f"{len(plan.nodes)} stage tasks after sharing equal prefixes")
     for variant, chain in plan.chains.items():
@@ -57,10 +57,10 @@ def _inspect(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="release", description="model-release build system")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("validate", help="check a manifest without building anything")
+    check = sub.add_parser("check", help="check a manifest without building anything")
     check.add_argument("manifest", help="a path, or a name under recipes/")
     check.add_argument("--root", default=".", help="project root that manifest paths are relative to")
-    check.set_defaults(func=_validate)
+    check.set_defaults(func=_check)
     look = sub.add_parser("inspect", help="what a checkpoint holds and what stripping it would save (read-only)")
     look.add_argument("checkpoint")
     look.add_argument("--manifest", help="take format, weights copy, drop patterns and trust from this manifest")

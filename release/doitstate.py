@@ -5,7 +5,7 @@ writes its dependency file only when the run ends. A build killed with SIGKILL t
 task that finished in it: the next build re-runs them all, and a task whose target the killed run
 rewrote may be judged up to date against the state of an older run. This reporter writes a task's
 row to the sqlite3 dependency file as soon as doit has recorded its success, so the file always
-describes what is on disk. (Actions also verify committed outputs themselves: see runner.)
+describes what is on disk. (Actions also verify committed outputs themselves: see release.actions.)
 
 Used through DOIT_CONFIG's `reporter`, which doit accepts as a class; output is doit's console
 reporter's, unchanged.

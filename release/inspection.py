@@ -44,7 +44,7 @@ def written_bytes(state: dict, fmt: str) -> int:
     """The size of the file strip writes for these (already cast) weights: written the same way, to a temp file."""
     import tempfile
 
-    from release.model import write_weights
+    from release.weights import write_weights
 
     with tempfile.TemporaryDirectory(prefix="release-inspect-") as folder:
         target = Path(folder) / "weights.safetensors"

@@ -358,7 +358,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
 
 
 def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:
-    """Raise a ManifestError for problems found after loading (e.g. by the preflight check against
+    """Raise a ManifestError for problems found after loading (e.g. by the model check against
     the model), each with its line in the manifest file."""
     if not found:
         return
@@ -372,7 +372,7 @@ def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:
 def _module_missing(spec: str, root: Path) -> bool:
     """True when the module of 'package.module:name' can be found neither on sys.path nor in the
     project folder (found, not imported): `doit` runs there with it on sys.path, and so does
-    `release validate --root`."""
+    `release check --root`."""
     import importlib.util
     from importlib.machinery import PathFinder
 

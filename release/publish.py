@@ -16,7 +16,7 @@ from pathlib import Path
 from release import __version__
 from release.atomic import atomic_dir, write_json, write_text
 from release.fingerprint import HashCache, digest, file_sha256, tool_versions
-from release.graph import relative
+from release.plan import relative
 
 LOCK_SCHEMA = 1
 
@@ -188,7 +188,7 @@ def is_current(job: dict) -> bool:
 def _verified_artifact(row: dict, root: Path) -> Path:
     """The selected variant's ONNX file, checked against the hash its stage recorded."""
     from release.errors import ReleaseError
-    from release.runner import committed_record
+    from release.actions import committed_record
 
     artifact = root / row["artifact"]  # report paths are relative to the project root
     if committed_record(artifact.parent, row["fingerprint"]) is None:

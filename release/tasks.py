@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from release import ownership, runner
-from release.graph import Plan, relative, short
+from release import actions, ownership
+from release.plan import Plan, relative, short
 
 
 def _rel(plan: Plan, paths) -> list[str]:
@@ -34,7 +34,7 @@ def demo_tasks(plan: Plan):
     ann = [demo.data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
     yield {
         "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
-        "actions": [(runner.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir),
+        "actions": [(actions.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir),
                                                   fingerprint=plan.demo_fp["data"])])],
         "targets": _rel(plan, ann),
         "uptodate": [(ownership.is_current_folder, [str(demo.data_dir), plan.demo_fp["data"]])],
@@ -42,7 +42,7 @@ def demo_tasks(plan: Plan):
     }
     yield {
         "name": "train", "doc": "train the demo detector; writes a Lightning-style training checkpoint",
-        "actions": [(runner.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
+        "actions": [(actions.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
                                               checkpoint=str(plan.manifest.source.checkpoint),
                                               model_kwargs=plan.manifest.model.kwargs,
                                               fingerprint=plan.demo_fp["train"])])],
@@ -54,22 +54,22 @@ def demo_tasks(plan: Plan):
 
 
 def _check_dep(plan: Plan) -> list[str]:
-    return [f"check:{plan.manifest.name}"] if plan.preflight else []
+    return [f"check:{plan.manifest.name}"] if plan.checked else []
 
 
 def check_tasks(plan: Plan):
     """Stages that can check the manifest against the model (prune patterns, a student's outputs,
     an adapter's loss) do so in one task that runs before the demo training and every stage."""
-    if not plan.preflight:
+    if not plan.checked:
         return
     from release.fingerprint import digest
 
     out = plan.release_dir / "check.json"
-    key = digest(sorted(n.fingerprint for n in plan.preflight))  # params, stage and model code
+    key = digest(sorted(n.fingerprint for n in plan.checked))  # params, stage and model code
     yield {
         "name": plan.manifest.name, "doc": "check the manifest against the model before anything trains",
-        "actions": [(runner.preflight, [_job(plan, out=str(out), key=key)])],
-        "targets": _rel(plan, [out]), "uptodate": [(runner.report_is_current, [str(out), key])], "clean": True,
+        "actions": [(actions.check, [_job(plan, out=str(out), key=key)])],
+        "targets": _rel(plan, [out]), "uptodate": [(actions.report_is_current, [str(out), key])], "clean": True,
         "verbosity": 2,
     }
 
@@ -81,7 +81,7 @@ def stage_tasks(plan: Plan):
         yield {
             "name": node.task_name,
             "doc": f"{node.stage} {node.params or ''} (variants: {', '.join(node.variants)})",
-            "actions": [(runner.run_stage, [job])],
+            "actions": [(actions.run_stage, [job])],
             "file_dep": _rel(plan, [node.input, *node.data_deps]),
             "targets": _rel(plan, [node.output, node.record]),
             "clean": [_rmtree(node.out_dir), _rmtree(node.out_dir.with_name(node.out_dir.name + ".resume"))],
@@ -101,12 +101,12 @@ def measure_tasks(plan: Plan):
         model, tag = str(node.output), short(node.fingerprint)
         yield {
             "name": f"size@{tag[:10]}", "doc": f"size of {node.stage} output",
-            "actions": [(runner.measure_size, [_job(plan, model=model, out=str(plan.size_file(node)))])],
+            "actions": [(actions.measure_size, [_job(plan, model=model, out=str(plan.size_file(node)))])],
             "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.size_file(node)]), "clean": True,
         }
         yield {
             "name": f"map@{tag[:10]}", "doc": "COCO mAP of the ONNX file through ONNX Runtime on data.eval",
-            "actions": [(runner.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)))])],
+            "actions": [(actions.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)))])],
             "file_dep": _rel(plan, [model, manifest.data.eval.annotations]), "targets": _rel(plan, [plan.map_file(node)]),
             "clean": True, "verbosity": 2,
         }
@@ -114,7 +114,7 @@ def measure_tasks(plan: Plan):
         yield {
             "name": f"latency@{tag[:10]}",
             "doc": f"latency on {device['name']} with {device['threads']} threads, {device['runner']} runner",
-            "actions": [(runner.measure_latency, [_job(
+            "actions": [(actions.measure_latency, [_job(
                 plan, model=model, out=str(plan.latency_file(node)), device=device,
                 measure=manifest.measure.model_dump(mode="json"))])],
             "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
@@ -150,9 +150,9 @@ def gate_task(plan: Plan) -> dict:
                         {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
     return {
         "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",
-        "actions": [(runner.gate, [job])], "file_dep": _rel(plan, deps),
+        "actions": [(actions.gate, [job])], "file_dep": _rel(plan, deps),
         "targets": _rel(plan, [job["report"], job["report_md"]]),
-        "uptodate": [(runner.report_is_current, [job["report"], job["key"]])],
+        "uptodate": [(actions.report_is_current, [job["report"], job["key"]])],
         "clean": True,
     }
 
@@ -167,7 +167,7 @@ def publish_task(plan: Plan) -> dict:
 
     return {
         "name": m.name, "doc": f"publish the selected variant to {release_dir}",
-        "actions": [(runner.publish, [job])], "file_dep": _rel(plan, [paths["report"]]),
+        "actions": [(actions.publish, [job])], "file_dep": _rel(plan, [paths["report"]]),
         "targets": _rel(plan, [paths["publish"]]),
         # Up to date: the record names this very report and the bundle verifies against its lock.
         # clean forgets the record only: a published release is never deleted by the build.
@@ -183,7 +183,7 @@ def track_task(plan: Plan) -> dict:
     job = _job(plan, **paths, uri=m.tracking.uri, required=m.tracking.required, alias=m.tracking.alias)
     return {
         "name": m.name, "doc": "log the build and every new variant to MLflow (queued when the server is away)",
-        "actions": [(runner.track, [job])], "file_dep": _rel(plan, [paths["report"], paths["publish"]]),
+        "actions": [(actions.track, [job])], "file_dep": _rel(plan, [paths["report"], paths["publish"]]),
         "uptodate": [(tracking.is_uptodate, [job])], "task_dep": [f"publish:{m.name}"], "verbosity": 2,
     }
 
@@ -192,7 +192,7 @@ def release_task(plan: Plan) -> dict:
     m = plan.manifest
     return {
         "doc": f"build, measure, gate, publish and track every variant of {m.name} (manifest=NAME)",
-        "actions": [(runner.show_result, [{**_report_paths(plan), "root": str(plan.root)}])],
+        "actions": [(actions.show_result, [{**_report_paths(plan), "root": str(plan.root)}])],
         "task_dep": [f"publish:{m.name}", f"track:{m.name}"], "verbosity": 2, "uptodate": [False],
     }
 
@@ -204,7 +204,7 @@ def ui_task(plan: Plan) -> dict:
     store = tracking.resolve_uri(job)
     return {
         "doc": "open the MLflow UI on this project's tracking store (http://127.0.0.1:5000; Ctrl-C stops it)",
-        "actions": [(runner.ui, [{**job, "uri": store}])], "uptodate": [False], "verbosity": 2,
+        "actions": [(actions.ui, [{**job, "uri": store}])], "uptodate": [False], "verbosity": 2,
     }
 
 
@@ -218,7 +218,7 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
     import os
     import sys
 
-    from release import buildlock, graph, manifest
+    from release import buildlock, manifest, plan as plans
     from release.diskerrors import explain
     from release.errors import ReleaseError
 
@@ -228,7 +228,7 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
             buildlock.acquire(root / "artifacts", _seconds(lock_wait or os.environ.get("RELEASE_LOCK_WAIT") or 0))
         loaded = manifest.load(manifest.resolve(manifest_name, root), root)
         (root / "artifacts").mkdir(exist_ok=True)
-        return graph.build(loaded, root)
+        return plans.build(loaded, root)
     except ReleaseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         raise SystemExit(3) from None

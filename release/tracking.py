@@ -474,7 +474,7 @@ def _register(job: dict, report: dict, run_id: str) -> str:
     from mlflow.models import infer_signature
 
     from release import manifest as manifests
-    from release.model import sample_inputs
+    from release.usercode import sample_inputs
 
     row = report["variants"][report["selected"]]
     path = Path(job["root"]) / row["artifact"]  # report paths are relative to the project root

@@ -20,8 +20,8 @@ def tiny_manifest_dict(**overrides) -> dict:
     doc = {
         "schema_version": 1, "name": "tiny", "version": "0.0.1",
         "source": {"checkpoint": "artifacts/demo/train_last.ckpt", "drop": ["aux_head.*"]},
-        "model": {"builder": "release.demo.detector:build", "kwargs": {"num_classes": 3, "width": 0.5},
-                  "adapter": "release.demo.detector:Adapter", "input_shape": [1, 3, 64, 64]},
+        "model": {"builder": "release.models.demo.detector:build", "kwargs": {"num_classes": 3, "width": 0.5},
+                  "adapter": "release.models.demo.detector:Adapter", "input_shape": [1, 3, 64, 64]},
         "data": {s: {"annotations": f"{data}/{s}/annotations.json", "images": f"{data}/{s}/images"}
                  for s in ("train", "calibration", "eval")},
         "demo": {"data_dir": data, "seed": 0, "image_size": 64, "train_images": 48,

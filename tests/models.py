@@ -53,7 +53,7 @@ class NoLossAdapter:
     output_names = ["heatmap", "size", "offset"]
 
     def __init__(self, input_shape=(1, 3, 64, 64)):
-        from release.demo.detector import Adapter
+        from release.models.demo.detector import Adapter
 
         self._inner = Adapter(input_shape)
         self.preprocess, self.postprocess = self._inner.preprocess, self._inner.postprocess
@@ -69,7 +69,7 @@ def build_yolo_style(num_classes: int = 3, width: float = 0.5, canvas: int = 640
     as a YOLOv5 at 640 px emits them) beside the class scores in [0, 1]. nested: that tensor is
     concatenated once more with a coordinate column, so two Concats each hold coordinates beside
     scores and keeping either alone in float does not save the scores."""
-    from release.demo.detector import CenterNet
+    from release.models.demo.detector import CenterNet
 
     class YoloStyle(CenterNet):
         def forward(self, x):
@@ -96,7 +96,7 @@ class YoloStyleAdapter:
 
     def __init__(self, input_shape=(1, 3, 64, 64), canvas: int = 640, score_threshold: float = 0.05,
                  nms_iou: float = 0.5, max_detections: int = 100, classes: int = 3):
-        from release.demo.detector import Adapter
+        from release.models.demo.detector import Adapter
 
         self._inner = Adapter(input_shape)
         self.preprocess, self.boxes_to_input = self._inner.preprocess, self._inner.boxes_to_input
@@ -107,7 +107,7 @@ class YoloStyleAdapter:
     def postprocess(self, outputs, meta):
         import numpy as np
 
-        from release.torchvision_models import nms
+        from release.models.torchvision import nms
 
         out = np.asarray(outputs[0], np.float32)[0]
         boxes, scores = out[:, :4] / self.scale, out[:, 4:4 + self.classes]

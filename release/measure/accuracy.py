@@ -18,7 +18,7 @@ def evaluate(onnx_path: Path, model_spec, eval_ref, progress: bool = False, spli
     from tqdm import tqdm
 
     from release.data import load_split
-    from release.model import load_adapter
+    from release.usercode import load_adapter
 
     started = time.perf_counter()
     data = load_split(eval_ref.annotations, eval_ref.images, eval_ref.limit, split=split)

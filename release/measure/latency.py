@@ -3,7 +3,7 @@
 - local: `bench.py` in a fresh process of this Python with the target's thread count (and
   OMP_NUM_THREADS), so that the build process's own imports and thread pools (torch's, a parallel
   doit worker's) do not distort the figure;
-- ssh://: the same `bench.py` on the device (release/measure/remote.py);
+- ssh://: the same `bench.py` on the device (release/measure/ssh.py);
 - estimate: a local figure times the profile's speed_ratio.
 
 Every result carries `provenance` (host, device or estimate), the CPU it was measured on, the
@@ -61,7 +61,7 @@ def measure(model: Path, device: dict, settings: dict) -> dict:
             "max_cv": settings["max_cv"], "rounds": settings["rounds"]}
     runner = device["runner"]
     if runner.startswith("ssh://"):
-        from release.measure.remote import SshRunner
+        from release.measure.ssh import SshRunner
 
         ssh = SshRunner.parse(runner, python=device["python"], remote_dir=device["remote_dir"],
                               options=tuple(device["ssh_options"]), connect_timeout=device["connect_timeout"],

@@ -8,7 +8,7 @@ and may define
     def reads(params) -> tuple[str, ...]             # narrows SPEC.reads by the params
     def code_refs(params) -> list[str]               # import paths whose code joins the fingerprint
     def needs_labels(params[, split]) -> bool        # False: the split(s) it reads need no annotations
-    def preflight(params, manifest, model) -> list[tuple[tuple, str]]
+    def check(params, manifest, model) -> list[tuple[tuple, str]]
         # (field path under the step, message) for each problem found against a freshly built model
         # (pattern matching no layer, an adapter without a loss); run by the `check` task before
         # any training, and by the stage itself before it starts.
@@ -18,7 +18,7 @@ registry imports stage modules to validate a manifest on every `doit` invocation
 Artifact kinds:
     checkpoint  the user's source file (any format strip understands)
     weights     a safetensors state dict; its metadata names the builder and layer shapes when a
-                stage changed them (pruning, distillation), see release.model.save_weights
+                stage changed them (pruning, distillation), see release.weights.save_weights
     onnx        a single-file ONNX model
 """
 
@@ -55,7 +55,7 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     # Data splits read only to check the output (e.g. export's parity check): they must exist before
     # the stage runs, but do not change what it writes, so they stay out of the fingerprint.
-    checks: tuple[str, ...] = ()
+    verifies: tuple[str, ...] = ()
     # Whether the model builder's and adapter's code joins the fingerprint.
     uses_model: bool = False
     # Helper modules (beyond the stage's own) whose code decides what it writes, e.g. release.training.
@@ -95,6 +95,6 @@ class StageContext:
             return
         if self.manifest is None:
             raise RuntimeError("StageContext.samples needs a manifest or a sample_source")
-        from release.model import sample_inputs
+        from release.usercode import sample_inputs
 
         yield from sample_inputs(self.manifest, split)

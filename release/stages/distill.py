@@ -66,7 +66,7 @@ def _student_builder(params, manifest) -> str:
 
 def build_student(params, manifest):
     from release.errors import ReleaseError
-    from release.model import import_object
+    from release.usercode import import_object
 
     builder = import_object(_student_builder(params, manifest), "student.builder")
     try:
@@ -76,9 +76,10 @@ def build_student(params, manifest):
                            f"{type(exc).__name__}: {exc}") from None
 
 
-def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
+def check(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.errors import ReleaseError
-    from release.model import load_adapter, output_shapes
+    from release.analysis import output_shapes
+    from release.usercode import load_adapter
 
     problems = []
     try:
@@ -123,12 +124,14 @@ def run(ctx: StageContext) -> dict:
     import torch
 
     from release.errors import ManifestError
-    from release.model import complexity, load_adapter, load_weights, save_weights
+    from release.analysis import complexity
+    from release.usercode import load_adapter
+    from release.weights import load_weights, save_weights
     from release.training import fit, load_train_set
 
     spec, p = ctx.manifest.model, ctx.params
     teacher = load_weights(spec, ctx.input).eval()
-    problems = preflight(p, ctx.manifest, teacher)
+    problems = check(p, ctx.manifest, teacher)
     if problems:
         raise ManifestError(f"{ctx.manifest.path}: distill: " + "; ".join(m for _, m in problems))
     for q in teacher.parameters():

@@ -22,7 +22,7 @@ from pydantic import Field
 from release.stages.base import StageContext, StageParams, StageSpec
 
 SPEC = StageSpec(
-    name="export", version=1, consumes="weights", produces="onnx", uses_model=True, checks=("eval",),
+    name="export", version=1, consumes="weights", produces="onnx", uses_model=True, verifies=("eval",),
     summary="torch -> ONNX with checker, parity check and offline ORT optimization",
 )
 
@@ -50,7 +50,9 @@ def run(ctx: StageContext) -> dict:
     import torch
 
     from release.errors import ReleaseError
-    from release.model import complexity, load_adapter, load_weights, sparsity
+    from release.analysis import complexity, sparsity
+    from release.usercode import load_adapter
+    from release.weights import load_weights
 
     started = time.perf_counter()
     spec = ctx.manifest.model

@@ -22,8 +22,8 @@ class Params(TrainParams):
     pass
 
 
-def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
-    from release.model import load_adapter
+def check(params, manifest, model) -> list[tuple[tuple, str]]:
+    from release.usercode import load_adapter
 
     adapter = load_adapter(manifest.model)
     if not callable(getattr(adapter, "loss", None)):
@@ -34,13 +34,14 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
 
 def run(ctx: StageContext) -> dict:
     from release.errors import ManifestError
-    from release.model import (builder_of, complexity, load_adapter, load_weights, save_weights, sparsity,
-                               weights_metadata)
+    from release.analysis import complexity, sparsity
+    from release.usercode import load_adapter
+    from release.weights import builder_of, load_weights, save_weights, weights_metadata
     from release.training import fit, load_train_set
 
     spec = ctx.manifest.model
     model = load_weights(spec, ctx.input)
-    problems = preflight(ctx.params, ctx.manifest, model)
+    problems = check(ctx.params, ctx.manifest, model)
     if problems:
         raise ManifestError(f"{ctx.manifest.path}: " + "; ".join(m for _, m in problems))
     before = complexity(model, spec.input_shape)

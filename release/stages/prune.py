@@ -73,7 +73,7 @@ def _prunable(model) -> dict:
             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))}
 
 
-def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
+def check(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.errors import closest
 
     names = list(_prunable(model))
@@ -87,7 +87,7 @@ def preflight(params, manifest, model) -> list[tuple[tuple, str]]:
                                                    f"of the model.{hint} Layer names are module paths, e.g. "
                                                    f"'{names[0] if names else 'backbone.0'}'; globs like 'backbone.*'."))
     if params.layers:
-        from release.model import output_layers
+        from release.analysis import output_layers
 
         kept = set(output_layers(model, manifest.model.input_shape))
         kept |= {n for n in names if any(fnmatchcase(n, k) for k in params.keep)}
@@ -187,7 +187,7 @@ def narrow_like(model, target, input_shape) -> None:
 def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
     import torch.nn.utils.prune as tprune
 
-    from release.model import sparsity
+    from release.analysis import sparsity
 
 
     modules = _prunable(model)
@@ -211,11 +211,12 @@ def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
 
 def run(ctx: StageContext) -> dict:
     from release.errors import ManifestError, ReleaseError
-    from release.model import builder_of, complexity, load_weights, output_layers, output_shapes, save_weights
+    from release.analysis import complexity, output_layers, output_shapes
+    from release.weights import builder_of, load_weights, save_weights
 
     spec, p = ctx.manifest.model, ctx.params
     model = load_weights(spec, ctx.input)
-    problems = preflight(p, ctx.manifest, model)
+    problems = check(p, ctx.manifest, model)
     if problems:
         raise ManifestError(f"{ctx.manifest.path}: prune: " + "; ".join(m for _, m in problems))
     before = complexity(model, spec.input_shape)

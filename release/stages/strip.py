@@ -31,7 +31,8 @@ class Params(StageParams):
 def run(ctx: StageContext) -> dict:
     from release import checkpoint
     from release.errors import CheckpointError
-    from release.model import build_model, write_weights
+    from release.usercode import build_model
+    from release.weights import write_weights
 
     started = time.perf_counter()
     source = ctx.manifest.source

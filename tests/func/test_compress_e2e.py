@@ -80,7 +80,7 @@ def test_a_pattern_that_matches_no_layer_stops_the_build_before_training(tmp_pat
 def test_a_student_whose_outputs_differ_is_a_manifest_error(tmp_path):
     doc = _doc(distilled=["strip", {"distill": {"student": {"kwargs": {"num_classes": 2, "width": 0.25}}}}, "export"])
     path = write_manifest(tmp_path, doc)
-    done = subprocess.run([sys.executable, "-m", "release.cli", "validate", str(path), "--root", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "release.cli", "check", str(path), "--root", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "variants.distilled[1].distill.student" in done.stderr and "do not match the teacher's" in done.stderr

@@ -26,8 +26,8 @@ TEACHER_STEPS = 600
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> TinyProject:
     from release import manifest as manifests
-    from release.demo import shapes
-    from release.demo.train import train
+    from release.models.demo import shapes
+    from release.models.demo.train import train
     from release.stages import strip
     from release.stages.base import StageContext
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from release import manifest as manifests
 from release.measure import accuracy
-from release.model import load_weights
+from release.weights import load_weights
 from release.stages import export, strip
 from release.stages.base import StageContext
 from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
@@ -46,7 +46,7 @@ def _write(fmt: str, folder, state: dict, aux: dict):
                     "param_schedulers": [{"base_lrs": [0.02]}]}, path)
         return path, {}
     if fmt == "yolov5":  # pickled nn.Module objects, stored in fp16, EMA beside the raw model
-        from release.demo.detector import build
+        from release.models.demo.detector import build
 
         model = build(3, 0.5)
         model.load_state_dict(state)
@@ -67,7 +67,7 @@ def _write(fmt: str, folder, state: dict, aux: dict):
 @pytest.fixture(scope="module")
 def raw(tiny_project):
     state = load_file(str(tiny_project.teacher))
-    from release.demo.detector import build
+    from release.models.demo.detector import build
 
     torch.manual_seed(1)
     aux = {k: v for k, v in build(3, 0.5, aux_head=True).state_dict().items() if k.startswith("aux_head.")}

@@ -261,7 +261,7 @@ def test_an_unimportable_trusted_class_says_how_to_make_it_importable(bad, capsy
 # ------------------------------------------------------------------------------------ strip and drop
 
 def _demo_state(width: float = 0.5, aux: bool = False) -> dict:
-    from release.demo.detector import build
+    from release.models.demo.detector import build
 
     torch.manual_seed(0)
     return build(3, width, aux_head=aux).state_dict()
@@ -318,7 +318,7 @@ def test_a_drop_pattern_written_with_the_prefix_is_named(ema_without_aux):
 
 def _yolov5_fp16(folder: Path) -> Path:
     """Pickled fp16 modules with an EMA copy and Adam moments, as YOLOv5's train.py saves."""
-    from release.demo.detector import build
+    from release.models.demo.detector import build
 
     model = build(3, 0.5)
     model.load_state_dict(_demo_state())

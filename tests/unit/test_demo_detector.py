@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from release.demo.detector import Adapter, _gaussian_targets, build
+from release.models.demo.detector import Adapter, _gaussian_targets, build
 
 
 def _n_params(model: torch.nn.Module) -> int:

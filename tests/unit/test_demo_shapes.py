@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from release.data import load_split
-from release.demo import shapes
+from release.models.demo import shapes
 
 SPLITS = {"train": 40, "eval": 12}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from release.demo import shapes
-from release.demo.detector import build
-from release.demo.train import default_config, tiny_config, train
+from release.models.demo import shapes
+from release.models.demo.detector import build
+from release.models.demo.train import default_config, tiny_config, train
 
 LIGHTNING_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "optimizer_states",
                   "lr_schedulers", "callbacks", "hyper_parameters", "loops"}

@@ -16,7 +16,7 @@ from torch import nn
 
 from release.errors import ReleaseError
 from release.manifest import ModelSpec
-from release.model import save_weights
+from release.weights import save_weights
 from release.stages import export
 from release.stages.base import StageContext
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from release import cli, inspection
-from release.demo.detector import build
+from release.models.demo.detector import build
 from release.errors import CheckpointError
 
 

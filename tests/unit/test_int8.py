@@ -49,7 +49,7 @@ def test_tail_of_a_yolo_style_concatenated_output(tmp_path):
 
 
 def test_tail_of_centernet_style_heatmap_and_regression_outputs(tmp_path):
-    from release.demo.detector import build
+    from release.models.demo.detector import build
 
     torch.manual_seed(0)
     proto = _export(build(3, 0.5), tmp_path / "centernet.onnx", ["heatmap", "size", "offset"])

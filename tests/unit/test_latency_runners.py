@@ -19,7 +19,7 @@ import torch
 
 from release.errors import ReleaseError
 from release.measure import latency
-from release.measure.remote import SshRunner, sha256
+from release.measure.ssh import SshRunner, sha256
 from release.targets import resolve
 from tests.sshd import free_port, ssh_options
 

@@ -102,8 +102,8 @@ def test_bad_variant_names_and_steps_are_reported_once_each(tmp_path):
 
 def test_a_misspelled_builder_fails_at_validation_not_after_training(tmp_path):
     doc = tiny_manifest_dict()
-    doc["model"]["builder"] = "release.demo.detectr:build"
-    with pytest.raises(ManifestError, match=r"model.builder: no module 'release.demo.detectr' can be imported"):
+    doc["model"]["builder"] = "release.models.demo.detectr:build"
+    with pytest.raises(ManifestError, match=r"model.builder: no module 'release.models.demo.detectr' can be imported"):
         load_doc(tmp_path, doc)
 
 
@@ -211,7 +211,7 @@ def test_without_demo_missing_data_is_named(tmp_path):
 # ---------------------------------------------------------------- user code (issue 12, finding 6)
 
 def test_builder_modules_are_found_in_the_project_folder(tmp_path, monkeypatch):
-    (tmp_path / "mybuilder.py").write_text("from release.demo.detector import build\n")
+    (tmp_path / "mybuilder.py").write_text("from release.models.demo.detector import build\n")
     doc = tiny_manifest_dict()
     doc["model"]["builder"] = "mybuilder:build"
     monkeypatch.chdir(tmp_path.parent)
@@ -222,28 +222,28 @@ def test_builder_modules_are_found_in_the_project_folder(tmp_path, monkeypatch):
 
 
 def test_a_misspelled_model_kwarg_is_located_by_the_model_check(tmp_path):
-    from release import preflight
+    from release import check
 
-    doc = tiny_manifest_dict()  # strip, export, quantize: no stage has a preflight hook of its own
+    doc = tiny_manifest_dict()  # strip, export, quantize: no stage has a check hook of its own
     doc["model"]["kwargs"] = {"num_classes": 3, "widht": 0.5}
     path = write_manifest(tmp_path, doc)
     m = manifest.load(path, tmp_path)
     with pytest.raises(ManifestError) as err:
-        preflight.check(m)
+        check.run(m)
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "widht" in text)
-    assert f"line {line}, model.kwargs.widht: release.demo.detector:build takes no argument 'widht'. " \
+    assert f"line {line}, model.kwargs.widht: release.models.demo.detector:build takes no argument 'widht'. " \
            f"Did you mean 'width'?" in str(err.value)
 
 
 def test_a_missing_model_kwarg_is_named(tmp_path, monkeypatch):
-    from release import preflight
+    from release import check
 
     (tmp_path / "needy_builder.py").write_text(
-        "from release.demo.detector import build as demo\n\ndef build(num_classes, width):\n"
+        "from release.models.demo.detector import build as demo\n\ndef build(num_classes, width):\n"
         "    return demo(num_classes, width)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     doc = tiny_manifest_dict()
     doc["model"]["builder"] = "needy_builder:build"
     doc["model"]["kwargs"] = {"width": 0.5}
     with pytest.raises(ManifestError, match=r"model.kwargs: needy_builder:build needs 'num_classes'"):
-        preflight.check(load_doc(tmp_path, doc))
+        check.run(load_doc(tmp_path, doc))

@@ -247,7 +247,7 @@ def test_the_manifest_itself_must_be_a_regular_file(tmp_path):
 # ---------------------------------------------------------------- generated cases
 
 WRONG = [None, True, 0, -1, 1.5, 10**30, float("nan"), "", "x", "x" * 20_000, [], [1, [2]], {}, {"a": {"b": None}},
-         "../../..", "/", "/proc/self/mem", "/dev/zero", "::", "a:b", "release.demo.detector:build", "é", "\u202e"]
+         "../../..", "/", "/proc/self/mem", "/dev/zero", "::", "a:b", "release.models.demo.detector:build", "é", "\u202e"]
 PATHS = ["/", "/usr", "/proc/self/status", "/proc/self/mem", "/dev/null", "/dev/zero", "/etc/passwd",
          "../../../../victim", "x/../../..", "", ".", "artifacts", "artifacts/stages", "fifo", "socket",
          "bad\x00byte", "y" * 5000, "artifacts/demo/data/eval/images", "artifacts/demo/data/eval/annotations.json"]

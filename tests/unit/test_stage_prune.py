@@ -9,11 +9,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from release import preflight
+from release import check
 from release.errors import ManifestError
 from release.manifest import load as load_manifest
 from release.measure import size
-from release.model import complexity, load_weights, output_layers, save_weights, weights_metadata
+from release.analysis import complexity, output_layers
+from release.weights import load_weights, save_weights, weights_metadata
 from release.stages import export, prune
 from release.stages.base import StageContext
 from tests.conftest import tiny_manifest_dict, write_manifest
@@ -22,7 +23,7 @@ from tests.conftest import tiny_manifest_dict, write_manifest
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A manifest for the tiny demo detector and its weights (random init, trained-looking BN)."""
-    from release.model import build_model
+    from release.usercode import build_model
 
     root = tmp_path_factory.mktemp("prune")
     manifest = load_manifest(write_manifest(root, tiny_manifest_dict()), root)
@@ -154,7 +155,7 @@ def test_patterns_matching_no_layer_fail_the_check_before_training(tmp_path):
                                                       "keep": ["heatmap.0"]}}, "export"]}
     manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
     with pytest.raises(ManifestError) as err:
-        preflight.check(manifest)
+        check.run(manifest)
     text = str(err.value)
     assert "tiny.yaml" in text and "line " in text and "variants.pruned[1].prune.layers.down23.*" in text
     assert "matches no prunable" in text and "down32" in text  # the closest names
@@ -162,7 +163,7 @@ def test_patterns_matching_no_layer_fail_the_check_before_training(tmp_path):
     # A pattern that only names layers kept whole (a head's output conv) would prune nothing.
     doc["variants"] = {"pruned": ["strip", {"prune": {"method": "channel", "layers": {"heatmap.2": 0.5}}}, "export"]}
     with pytest.raises(ManifestError, match="matches only layers that are kept whole"):
-        preflight.check(load_manifest(write_manifest(tmp_path, doc), tmp_path))
+        check.run(load_manifest(write_manifest(tmp_path, doc), tmp_path))
 
 
 def test_output_layers_follow_the_autograd_graph():
@@ -184,7 +185,7 @@ def test_output_layers_follow_the_autograd_graph():
 def test_pruned_weights_record_json_metadata(project, tmp_path):
     _, pruned = _run(prune, project, tmp_path, method="channel", amount=0.3)
     meta = weights_metadata(pruned)
-    assert meta["builder"] == "release.demo.detector:build"
+    assert meta["builder"] == "release.models.demo.detector:build"
     assert meta["kwargs"] == {"num_classes": 3, "width": 0.5}
     shapes = meta["shapes"]
     assert shapes["stem.0.0"]["out_channels"] < 8  # width 0.5 builds 8; 30% of them went

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from release import preflight, training
+from release import check, training
 from release.errors import ManifestError
 from release.fingerprint import file_sha256
 from release.manifest import load as load_manifest
-from release.model import load_adapter, load_weights, sparsity
+from release.analysis import sparsity
+from release.usercode import load_adapter
+from release.weights import load_weights
 from release.stages import distill, finetune, prune
 from release.stages.base import StageContext
 from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
@@ -50,7 +52,7 @@ def test_finetune_lowers_the_training_loss(tiny_project, pruned, tmp_path):
 
 
 def _macs(project) -> int:
-    from release.model import complexity
+    from release.analysis import complexity
 
     return complexity(load_weights(project.manifest.model, project.teacher), project.manifest.model.input_shape)["macs"]
 
@@ -121,7 +123,7 @@ def test_adapter_without_a_loss_fails_the_check(tmp_path):
     doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 10}}, "export"]}
     manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
     with pytest.raises(ManifestError) as err:
-        preflight.check(manifest)
+        check.run(manifest)
     text = str(err.value)
     assert "tiny.yaml" in text and "variants.tuned[1].finetune" in text and "has no loss" in text
 
@@ -179,7 +181,7 @@ def test_distill_from_images_only_and_from_the_teacher_weights(tiny_project, tmp
     # Narrowed from the teacher, the student starts close to it: far better than from noise.
     _, noise = _run(distill, project, tiny_project.teacher, tmp_path / "noise", **{**params, "init": "random"})
     assert _map(tiny_project, out, tmp_path / "e1") > _map(tiny_project, noise, tmp_path / "e2")
-    from release.model import weights_metadata
+    from release.weights import weights_metadata
 
     assert weights_metadata(out)["kwargs"] == {"num_classes": 3, "width": 0.25}
 
@@ -197,7 +199,7 @@ def test_a_student_that_cannot_be_built_or_run_is_a_located_error(tmp_path):
     }
     manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
     with pytest.raises(ManifestError) as err:
-        preflight.check(manifest)
+        check.run(manifest)
     text = str(err.value)
     assert "2 problems" in text and "variants.a[1].distill.student.kwargs" in text and "wdith" in text
     assert "variants.b[1].distill.student" in text and "do not match the teacher's" in text
@@ -209,7 +211,7 @@ def test_prune_after_distill_is_checked_against_the_student(tmp_path):
     doc["variants"] = {"a": ["strip", student, {"prune": {"method": "channel", "layers": {"body.*": 0.5}}}, "export"]}
     manifest = load_manifest(write_manifest(tmp_path, doc), tmp_path)
     with pytest.raises(ManifestError) as err:
-        preflight.check(manifest)
+        check.run(manifest)
     text = str(err.value)  # only the distill step's mismatch: body.* names the student's layers
     assert "1 problem" in text and "variants.a[1].distill.student" in text and "variants.a[2]" not in text
 

@@ -82,7 +82,7 @@ def _native_detections(model, split, size: int) -> dict:
 def _onnx_detections(onnx_path, manifest, split) -> dict:
     import onnxruntime as ort
 
-    from release.model import load_adapter
+    from release.usercode import load_adapter
 
     adapter = load_adapter(manifest.model)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -111,10 +111,10 @@ def test_a_torchvision_detector_strips_trains_exports_and_detects_like_torchvisi
     from release import manifest as manifests
     from release.data import open_split
     from release.measure import accuracy
-    from release.model import load_weights
+    from release.weights import load_weights
     from release.stages import export, finetune, strip
     from release.stages.base import StageContext
-    from release.torchvision_models import Detector
+    from release.models.torchvision import Detector
     from tests.conftest import tiny_manifest_dict, write_manifest
 
     native = _native(kind)
@@ -123,8 +123,8 @@ def test_a_torchvision_detector_strips_trains_exports_and_detects_like_torchvisi
     doc = tiny_manifest_dict()
     doc.pop("demo")
     doc["source"] = {"checkpoint": str(ckpt)}
-    doc["model"] = {"builder": "release.torchvision_models:build", "kwargs": {**ARCHS[kind], "num_classes": NUM_CLASSES},
-                    "adapter": "release.torchvision_models:Adapter", "adapter_kwargs": POST,
+    doc["model"] = {"builder": "release.models.torchvision:build", "kwargs": {**ARCHS[kind], "num_classes": NUM_CLASSES},
+                    "adapter": "release.models.torchvision:Adapter", "adapter_kwargs": POST,
                     "input_shape": [1, 3, 64, 64]}
     manifest = manifests.load(write_manifest(tiny_project.root, doc, f"tv-{kind}.yaml"), tiny_project.root)
 
@@ -162,7 +162,7 @@ def test_frozen_bn_keeps_pretrained_statistics_when_fine_tuning():
     from torchvision.ops import FrozenBatchNorm2d
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-    from release.torchvision_models import build
+    from release.models.torchvision import build
 
     # torchvision's constructors put FrozenBatchNorm2d (no num_batches_tracked) in a pretrained ResNet.
     body = det.backbone_utils.BackboneWithFPN(resnet18(norm_layer=FrozenBatchNorm2d),
@@ -183,7 +183,7 @@ def test_frozen_bn_keeps_pretrained_statistics_when_fine_tuning():
 @pytest.mark.skipif(REASON is None, reason="torchvision imports here")
 def test_without_torchvision_the_builder_says_how_to_install_it():
     from release.errors import ReleaseError
-    from release.torchvision_models import build
+    from release.models.torchvision import build
 
     with pytest.raises(ReleaseError, match=r"needs torchvision, which does not import here .*'\.\[torchvision\]'"):
         build("fcos_resnet50_fpn", 4)
@@ -191,7 +191,7 @@ def test_without_torchvision_the_builder_says_how_to_install_it():
 
 def test_no_downloads_and_unknown_architectures_are_manifest_errors():
     from release.errors import ReleaseError
-    from release.torchvision_models import build
+    from release.models.torchvision import build
 
     with pytest.raises(ReleaseError, match="model.kwargs.weights: weights are not downloaded"):
         build("fcos_resnet50_fpn", 4, weights="DEFAULT")
@@ -200,7 +200,7 @@ def test_no_downloads_and_unknown_architectures_are_manifest_errors():
 
 
 def test_postprocess_applies_threshold_label_offset_and_per_class_nms():
-    from release.torchvision_models import Adapter
+    from release.models.torchvision import Adapter
 
     adapter = Adapter(input_shape=(1, 3, 64, 64), score_threshold=0.3, nms_iou=0.5, label_offset=1)
     boxes = np.array([[[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [40, 40, 60, 60]]], np.float32)

@@ -228,7 +228,7 @@ def _run_workers(seed: int, size: int, dest: Path, segments: list[tuple[str, int
             else:
                 chunk.append([split, i, i + 1])
         job = json.dumps({"seed": seed, "size": size, "dest": str(dest.resolve()), "segments": chunk})
-        procs.append(subprocess.Popen([sys.executable, "-m", "release.demo.shapes", job], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "release.models.demo.shapes", job], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     finished = [(proc, *proc.communicate()) for proc in procs]  # wait for all before judging any
     results = []

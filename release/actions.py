@@ -124,10 +124,10 @@ def _progress() -> bool:
 
 
 @guarded
-def preflight(job: dict) -> None:
-    from release import preflight as checks
+def check(job: dict) -> None:
+    from release import check as checks
 
-    checked = checks.check(_manifest(job))
+    checked = checks.run(_manifest(job))
     _log(f"check: {checked} stage(s) checked against the model: fine")
     write_json(Path(job["out"]), {"checked": checked, "key": job["key"]})
 
@@ -135,7 +135,7 @@ def preflight(job: dict) -> None:
 @guarded
 def make_demo_data(job: dict) -> None:
     from release import ownership
-    from release.demo import shapes
+    from release.models.demo import shapes
 
     d, data_dir = job["demo"], Path(job["data_dir"])
     if ownership.owned_folder(data_dir, job["fingerprint"], "demo.data_dir"):
@@ -152,7 +152,7 @@ def make_demo_data(job: dict) -> None:
 @guarded
 def train_demo(job: dict) -> None:
     from release import ownership
-    from release.demo import train
+    from release.models.demo import train
 
     d, kwargs, checkpoint = job["demo"], job["model_kwargs"], Path(job["checkpoint"])
     if ownership.owned_file(checkpoint, job["fingerprint"], "source.checkpoint"):

@@ -20,7 +20,7 @@ import torch
 
 from release.atomic import atomic_file
 from release.data import load_split
-from release.demo.detector import Adapter, build
+from release.models.demo.detector import Adapter, build
 from release.optim import ema_update, param_groups
 
 LIGHTNING_VERSION = "2.4.0"

@@ -4,9 +4,9 @@ An optional extra: `pip install -e '.[torchvision]'`, with a torchvision built f
 In a manifest:
 
     model:
-      builder: release.torchvision_models:build
+      builder: release.models.torchvision:build
       kwargs: {arch: fcos_resnet50_fpn, num_classes: 4}     # 3 dataset classes + background (label 0)
-      adapter: release.torchvision_models:Adapter
+      adapter: release.models.torchvision:Adapter
       input_shape: [1, 3, 320, 320]
 
 `arch` is one of torchvision's constructors (`retinanet_resnet50_fpn`, `retinanet_resnet50_fpn_v2`,
@@ -48,7 +48,7 @@ def _torchvision():
         importlib.import_module("torchvision.models.detection")
     except Exception as exc:  # ImportError, or RuntimeError from a torchvision built for another torch
         raise ReleaseError(
-            f"model.builder release.torchvision_models:build needs torchvision, which does not import here "
+            f"model.builder release.models.torchvision:build needs torchvision, which does not import here "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Install the extra with "
             f"pip install -e '.[torchvision]' and a torchvision release built for the installed torch "
             f"{torch.__version__}.") from None
@@ -273,8 +273,8 @@ class Adapter:
     def loss(self, outputs, targets: list[dict]) -> dict:
         """torchvision's loss (the detector's compute_loss) for our targets (xywh, class indices)."""
         if not isinstance(outputs, TrainOutputs):
-            raise ReleaseError("model.adapter release.torchvision_models:Adapter computes its loss from the "
-                               "training-mode outputs of release.torchvision_models:build; the model.builder "
+            raise ReleaseError("model.adapter release.models.torchvision:Adapter computes its loss from the "
+                               "training-mode outputs of release.models.torchvision:build; the model.builder "
                                "is another one.")
         converted = []
         for t in targets:

@@ -13,14 +13,15 @@ from pathlib import Path
 from release import stages
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.manifest import Manifest
-from release.model import module_file
+from release.usercode import module_file
 from release.stages.base import OUTPUT_FILE
 
 SPLITS = ("train", "calibration", "eval")
-DEMO_MODULES = ("release.demo.shapes", "release.demo.detector", "release.demo.train", "release.optim")
+DEMO_MODULES = ("release.models.demo.shapes", "release.models.demo.detector", "release.models.demo.train", "release.optim")
 # Shared code that decides what a stage writes (checkpoint reading, model building, data order):
 # a fix in any of these must rebuild, like a fix in the stage's own module.
-FRAMEWORK_MODULES = ("release.checkpoint", "release.model", "release.data", "release.stages.base")
+FRAMEWORK_MODULES = ("release.checkpoint", "release.usercode", "release.weights", "release.analysis", "release.data",
+                     "release.stages.base")
 
 
 def relative(path: Path, root: Path) -> str:
@@ -76,11 +77,11 @@ class Plan:
         return self.artifacts / self.manifest.name
 
     @property
-    def preflight(self) -> list[StageNode]:
+    def checked(self) -> list[StageNode]:
         """Stage nodes checked against the model before anything trains: those whose stage has a
-        preflight hook, and any that builds the model (model.kwargs are checked against the builder)."""
+        check hook, and any that builds the model (model.kwargs are checked against the builder)."""
         return [n for n in self.nodes.values()
-                if hasattr(stages.load(n.stage), "preflight") or stages.load(n.stage).SPEC.uses_model]
+                if hasattr(stages.load(n.stage), "check") or stages.load(n.stage).SPEC.uses_model]
 
     def measure_dir(self, node: StageNode) -> Path:
         return self.artifacts / "measure" / short(node.fingerprint)
@@ -98,7 +99,7 @@ class Plan:
         spec = self.manifest.model
         return digest("map", node.fingerprint, self.data_fp["eval"], spec.adapter, spec.adapter_kwargs,
                       source_hash(module_file(spec.adapter)), tool_versions(("onnxruntime", "pycocotools")),
-                      code_hash(("release.measure.accuracy", "release.data", "release.model")))
+                      code_hash(("release.measure.accuracy", "release.data", "release.usercode")))
 
     def latency_key(self, node: StageNode) -> str:
         # The whole resolved profile (runner, threads, provider, options, ...) and the measure
@@ -107,7 +108,7 @@ class Plan:
         what = {k: v for k, v in self.manifest.device.items() if k not in ("description", "connect_timeout", "timeout")}
         return digest("latency", node.fingerprint, what, self.manifest.measure.model_dump(mode="json"),
                       tool_versions(("onnxruntime",)),
-                      code_hash(("release.measure.latency", "release.measure.bench", "release.measure.remote",
+                      code_hash(("release.measure.latency", "release.measure.bench", "release.measure.ssh",
                                  "release.targets")))
 
 
@@ -119,7 +120,7 @@ def _demo_fingerprints(manifest: Manifest) -> dict[str, str]:
     demo = manifest.demo
     code = {m: source_hash(module_file(m)) for m in DEMO_MODULES}
     data = digest("demo-data", demo.seed, demo.image_size, demo.train_images, demo.calibration_images,
-                  demo.eval_images, code["release.demo.shapes"])
+                  demo.eval_images, code["release.models.demo.shapes"])
     train = digest("demo-train", data, demo.steps, demo.batch_size, demo.lr, manifest.model.kwargs,
                    code, tool_versions(("torch",)))
     return {"data": data, "train": train}
@@ -179,7 +180,7 @@ def build(manifest: Manifest, root: Path) -> Plan:
             if fp not in nodes:
                 # Data a stage only checks against joins file_dep just where the build generates it
                 # (for ordering); editing it must not re-run the stage, whose output it cannot change.
-                checked = sspec.checks if manifest.demo else ()
+                checked = sspec.verifies if manifest.demo else ()
                 deps = sorted({getattr(manifest.data, s).annotations for s in reads + checked} - {None})
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp, current,
                                       artifacts / "stages" / name / short(fp), sspec.produces, deps)

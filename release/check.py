@@ -2,10 +2,10 @@
 
 Some mistakes can only be seen with the model built: a prune pattern that matches no layer, a
 student whose outputs do not fit the teacher's, an adapter without the loss a training stage needs.
-The `check` task (and `release validate`) builds the model once from its builder, with random
+The `check` task (and `release check`) builds the model once from its builder, with random
 weights, whenever any stage uses it (so a misspelled or missing `model.kwargs` argument is a located
 error here, with did-you-mean against the builder's signature, not a traceback in strip), and asks
-every stage that defines `preflight(params, manifest, model)`. This runs before
+every stage that defines `check(params, manifest, model)`. This runs before
 the demo training and before any stage, so a typo costs seconds, not a training run; it imports
 torch, so it is a task of its own, up to date until the manifest or the code changes.
 """
@@ -16,7 +16,7 @@ from release import stages
 from release.manifest import Manifest, raise_problems
 
 
-def check(manifest: Manifest) -> int:
+def run(manifest: Manifest) -> int:
     """Raise ManifestError listing every problem found (with manifest lines); else the steps checked."""
     from release.errors import ReleaseError
 
@@ -29,7 +29,7 @@ def check(manifest: Manifest) -> int:
         model = None  # what the current step receives: the manifest's model, or a student after distill
         for i, (name, params) in enumerate(pipeline):
             module = stages.load(name)
-            if not hasattr(module, "preflight"):
+            if not hasattr(module, "check"):
                 continue
             if base is None:
                 base = _build(manifest)
@@ -39,19 +39,19 @@ def check(manifest: Manifest) -> int:
             if key not in seen:  # a prefix shared by several variants is reported once
                 seen.add(key)
                 checked += 1
-                found.extend(((*loc, *where), message) for where, message in module.preflight(params, manifest, model))
+                found.extend(((*loc, *where), message) for where, message in module.check(params, manifest, model))
             if name == "distill":
                 try:
                     model = module.build_student(params, manifest)
                 except ReleaseError:
-                    break  # reported by distill's own preflight
+                    break  # reported by distill's own check
     raise_problems(manifest, found)
     return checked
 
 
 def _build(manifest: Manifest):
     from release.errors import ReleaseError
-    from release.model import build_model, import_object
+    from release.usercode import build_model, import_object
 
     spec = manifest.model
     try:
