@@ -114,7 +114,7 @@ def run_stage(job: dict) -> None:
             "schema_version": RECORD_SCHEMA, "stage": job["stage"], "version": module.SPEC.version,
             "fingerprint": job["fingerprint"], "input": job["input"], "params": job["params"],
             "produces": module.SPEC.produces, "output_sha256": file_sha256(ctx.output),
-            "tools": tool_versions(), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
+            "tools": tool_versions(module.SPEC.tools), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
         })
     shutil.rmtree(resume, ignore_errors=True)
 
@@ -238,7 +238,8 @@ def gate(job: dict) -> None:
         records = [read_json(Path(r)) for r in v["records"]]
         row = {
             "fingerprint": v["fingerprint"], "artifact": v["artifact"],
-            "stages": [{"stage": r["stage"], "params": r["params"], "fingerprint": r["fingerprint"]} for r in records],
+            "stages": [{"stage": r["stage"], "params": r["params"], "fingerprint": r["fingerprint"],
+                        "tools": r.get("tools", {})} for r in records],
             "size_mb": size["size_mb"], "bytes": size["bytes"], "latency_ms": lat["p50_ms"],
             "latency_p90_ms": lat["p90_ms"], "latency": lat, "map": acc["map"], "map50": acc["map50"],
             "zipped_mb": size.get("zipped_mb"),

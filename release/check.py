@@ -29,7 +29,7 @@ def run(manifest: Manifest) -> int:
         model = None  # what the current step receives: the manifest's model, or a student after distill
         for i, (name, params) in enumerate(pipeline):
             module = stages.load(name)
-            if not hasattr(module, "check"):
+            if not module.has("check"):
                 continue
             if base is None:
                 base = _build(manifest)
@@ -40,11 +40,10 @@ def run(manifest: Manifest) -> int:
                 seen.add(key)
                 checked += 1
                 found.extend(((*loc, *where), message) for where, message in module.check(params, manifest, model))
-            if name == "distill":
-                try:
-                    model = module.build_student(params, manifest)
-                except ReleaseError:
-                    break  # reported by distill's own check
+            try:
+                model = module.next_model(params, manifest, model)  # a student after distill
+            except ReleaseError:
+                break  # reported by the stage's own check
     raise_problems(manifest, found)
     return checked
 

@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("torch", "onnx", "onnxruntime", "torch-pruning", "release")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # the image files a split is read from
 
 
@@ -26,7 +25,7 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tool_versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
+def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
     """Installed versions from package metadata: costs no import of the tools themselves."""
     return {name: _version(name) for name in names}
 

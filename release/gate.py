@@ -6,6 +6,8 @@ missed and by how much. Gate decisions read only the measurement files, never a 
 
 from __future__ import annotations
 
+from release.stages.base import Description
+
 CHECKS = (  # budget field, figure in the row, direction, label, unit
     ("size_mb", "size_mb", "max", "size", "MB"),
     ("latency_ms", "latency_ms", "max", "latency", "ms"),
@@ -69,36 +71,18 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3f}" if unit in ("", "MB") else f"{value:.2f}"
 
 
-def quantize_facts(row: dict) -> dict | None:
-    """The facts of the variant's last quantize stage, if it has one."""
-    found = [f for key, f in row.get("stage_facts", {}).items() if key.endswith(".quantize")]
-    return found[-1] if found else None
+def descriptions(row: dict) -> list[Description]:
+    """What each stage of the variant says of its own facts (its describe hook), in pipeline order."""
+    from release import stages
 
-
-def quantization(row: dict) -> str | None:
-    """One line: how an INT8 variant was quantized and what stayed in float, and why."""
-    q = quantize_facts(row)
-    if q is None:
-        return None
-    if q["mode"] == "dynamic":
-        head = "INT8 dynamic (weights only, activations at run time)"
-    else:
-        cal = q.get("calibration", {})
-        head = (f"INT8 static {q['format']}, {cal.get('method')} calibration on {cal.get('samples')} images"
-                f"{' (ranges from the cache)' if cal.get('cached') else ''}, {q['activation_type']} activations")
-    kept = q.get("float_nodes", [])
-    why: dict[str, list[str]] = {}
-    for k in kept:
-        why.setdefault(k["why"].split(" (")[0].split(" rank")[0], []).append(k["node"])
-    parts = [f"{len(nodes)} {reason}" + (f" ({', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''})")
-             for reason, nodes in why.items()]
-    line = f"{head}; in float: {'; '.join(parts) if parts else 'nothing'}"
-    tuned = q.get("sensitivity")
-    if tuned:
-        line += (f"; tuned on data.{tuned['split']}: mAP {tuned['chosen']['map']:.3f} vs float {tuned['fp32_map']:.3f} "
-                 f"(max drop {tuned['max_map_drop']:g}, {'met' if tuned['met'] else 'NOT met'} after "
-                 f"{len(tuned['curve']) - 1} trials)")
-    return line
+    out = []
+    for key, facts in row.get("stage_facts", {}).items():
+        name = key.partition(".")[2]
+        if name in stages.REGISTRY:
+            found = stages.load(name).describe(facts)
+            if found is not None:
+                out.append(found)
+    return out
 
 
 def baseline(rows: dict) -> str | None:
@@ -148,11 +132,10 @@ def table(report: dict) -> str:
                 notes.append(f"latency: {note}")
     base = report["variants"].get(baseline(report["variants"]))
     for name, row in report["variants"].items():
-        line = quantization(row)
-        if line:
-            notes.append(f"{name}: {line}")
-            if base is not None and row["latency_ms"] >= base["latency_ms"]:
-                notes.append(f"{name}: INT8 is not faster than fp32 here ({row['latency_ms']:.2f} vs "
+        for found in descriptions(row):
+            notes.append(f"{name}: {found.summary}")
+            if found.faster_as and base is not None and row["latency_ms"] >= base["latency_ms"]:
+                notes.append(f"{name}: {found.faster_as} is not faster than fp32 here ({row['latency_ms']:.2f} vs "
                              f"{base['latency_ms']:.2f} ms): latency, not the format, decides")
     if budget.get("latency_from") == "device":
         notes.append("budget.latency_from: device — a latency figure not measured on the target fails the gate")

@@ -20,9 +20,9 @@ from release.manifest_paths import _check_paths
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
 from release.targets import Profile
+from release.usercode import IMPORT_PATH
 
 SCHEMA_VERSION = 1
-IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one safe path component: no '/', no leading '.'
 FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', starting with a letter or digit "
                     "(no '/', no '..', not an absolute path)")
@@ -275,29 +275,19 @@ def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str,
     return pipelines
 
 
-def _needs_labels(module, params, split: str) -> bool:
-    """Whether a stage needs annotations on `split` (a stage's needs_labels may take the split)."""
-    import inspect
-
-    fn = getattr(module, "needs_labels", None)
-    if fn is None:
-        return True
-    return fn(params, split) if len(inspect.signature(fn).parameters) > 1 else fn(params)
-
-
 def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
     for variant, pipeline in manifest.pipelines.items():
         for i, (name, params) in enumerate(pipeline):
             module = stages.load(name)
-            for split in stages.reads(module, params):
+            for split in module.reads(params):
                 ref = getattr(manifest.data, split)
                 if ref is None:
                     problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
                                                            f"which the manifest does not define. Add data.{split}.")
-                elif ref.annotations is None and _needs_labels(module, params, split):
+                elif ref.annotations is None and module.needs_labels(params, split):
                     problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
                                                            f"which has no annotations. Add data.{split}.annotations"
-                                                           f"{' (or set labels: false)' if name == 'distill' else ''}.")
+                                                           f"{module.SPEC.no_labels_hint}.")
     demo = manifest.demo
     if demo is not None:
         for split in ("train", "calibration", "eval"):

@@ -81,7 +81,7 @@ class Plan:
         """Stage nodes checked against the model before anything trains: those whose stage has a
         check hook, and any that builds the model (model.kwargs are checked against the builder)."""
         return [n for n in self.nodes.values()
-                if hasattr(stages.load(n.stage), "check") or stages.load(n.stage).SPEC.uses_model]
+                if stages.load(n.stage).has("check") or stages.load(n.stage).SPEC.uses_model]
 
     def measure_dir(self, node: StageNode) -> Path:
         return self.artifacts / "measure" / short(node.fingerprint)
@@ -133,7 +133,7 @@ def build(manifest: Manifest, root: Path) -> Plan:
     demo_fp = _demo_fingerprints(manifest) if manifest.demo else {}
     # Only splits that something reads are hashed: eval (mAP) and what the stages declare.
     used = {"eval"} | {s for pipeline in manifest.pipelines.values() for name, params in pipeline
-                       for s in stages.reads(stages.load(name), params)}
+                       for s in stages.load(name).reads(params)}
     data_fp = {}
     for split in sorted(used):
         ref = getattr(manifest.data, split)
@@ -165,14 +165,14 @@ def build(manifest: Manifest, root: Path) -> Plan:
         for name, params in pipeline:
             module = stages.load(name)
             sspec = module.SPEC
-            reads = stages.reads(module, params)
+            reads = module.reads(params)
             params_dict = params.model_dump(mode="json")
             # Helper modules the stage names, and code its params point at (a distilled student's builder).
             refs = [source_hash(module_file(m)) for m in sspec.code] + \
-                   [source_hash(module_file(r)) for r in getattr(module, "code_refs", lambda _: [])(params)]
+                   [source_hash(module_file(r)) for r in module.code_refs(params)]
             fp = digest(
-                name, sspec.version, source_hash(module.__file__), framework, params_dict, fp,
-                tool_versions(), [data_fp.get(s) for s in reads],
+                name, sspec.version, source_hash(module.file), framework, params_dict, fp,
+                tool_versions(sspec.tools), [data_fp.get(s) for s in reads],
                 model_code if sspec.uses_model else None,
                 source_cfg if sspec.consumes == "checkpoint" else None,
                 *([refs] if refs else []),

@@ -19,6 +19,7 @@ from release.fingerprint import HashCache, digest, file_sha256, tool_versions
 from release.plan import relative
 
 LOCK_SCHEMA = 1
+MEASURE_TOOLS = ("onnxruntime", "pycocotools")  # what size, latency and mAP are measured with
 
 
 def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
@@ -32,6 +33,7 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
                            "images": relative(ref.images, Path(job["root"])),
                            "images_sha256": hashes.split(ref.annotations, ref.images), "limit": ref.limit}
     source = manifest.source
+    row = report["variants"][report["selected"]]
     return {
         "schema_version": LOCK_SCHEMA, "name": report["name"], "version": report["version"],
         "variant": report["selected"], "fingerprint": report["variants"][report["selected"]]["fingerprint"],
@@ -41,7 +43,9 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
                    "allow_missing": list(source.allow_missing)},
         "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},
         "data": data,
-        "tools": {**tool_versions(("torch", "onnx", "onnxruntime", "pycocotools")), "release": __version__},
+        # The tools of the variant's own stages (as they recorded them), and those the measurements use.
+        "tools": {**{k: v for s in row["stages"] for k, v in s.get("tools", {}).items()},
+                  **tool_versions(MEASURE_TOOLS), "release": __version__},
     }
 
 
@@ -66,29 +70,11 @@ def _strip_notes(stage_facts: dict) -> str:
     return "\n".join(lines)
 
 
-def _quantization_section(row: dict) -> str:
-    """How the released model was quantized, what stayed in float and why (empty if not INT8)."""
-    from release.gate import quantization, quantize_facts
+def _stage_sections(row: dict) -> str:
+    """The model card's sections written by the variant's stages (their describe hooks)."""
+    from release.gate import descriptions
 
-    q = quantize_facts(row)
-    if q is None:
-        return ""
-    lines = ["## Quantization", quantization(row), ""]
-    if q.get("float_nodes"):
-        lines += ["| node kept in float | op | why |", "|---|---|---|"]
-        lines += [f"| `{k['node']}` | {k['op']} | {k['why']} |" for k in q["float_nodes"][:30]]
-        if len(q["float_nodes"]) > 30:
-            lines.append(f"| ... {len(q['float_nodes']) - 30} more | | |")
-        lines.append("")
-    tuned = q.get("sensitivity")
-    if tuned:
-        lines += [f"Sensitivity search on data.{tuned['split']} (float mAP {tuned['fp32_map']:.4f}):", "",
-                  "| layer groups in float by sensitivity | nodes in float | mAP | bytes | latency ms (in-stage, 1 thread) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {c['fallback_groups']} | {c['float_nodes']} | {c['map']:.4f} | {c['bytes']} | {c['latency_ms']:.2f} |"
-                  for c in tuned["curve"]]
-        lines.append("")
-    return "\n".join(lines) + "\n"
+    return "".join(f"## {d.title}\n{d.summary}\n\n{d.card}" for d in descriptions(row) if d.title)
 
 
 def _card(report: dict, lock: dict) -> str:
@@ -119,7 +105,7 @@ Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
 Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
 {('Note: ' + lat['note']) if lat.get('note') else ''}
 
-{_quantization_section(row)}## Budgets ({report['target']['name']})
+{_stage_sections(row)}## Budgets ({report['target']['name']})
 | budget | figure | limit | margin | result |
 |---|---|---|---|---|
 {checks}

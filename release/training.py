@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from release.stages.base import StageParams
+from release.params import StageParams
 
 RESUME_SCHEMA = 1
 

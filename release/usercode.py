@@ -12,6 +12,9 @@ from typing import Any
 
 from release.errors import ReleaseError
 
+# 'package.module:name', as a manifest names user code.
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
 
 def import_object(spec: str, field: str) -> Any:
     """'package.module:attr' -> the object, with an error naming the manifest field."""

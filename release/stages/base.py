@@ -1,19 +1,15 @@
 """What a stage is: one input artifact + typed params -> one output artifact in a fresh folder.
 
 A stage module defines
-    SPEC   = StageSpec(name=..., version=..., consumes=..., produces=..., reads=(...))
-    Params = a pydantic model (extra="forbid"); its fields, defaults and descriptions are the docs
+    SPEC   = StageSpec(name=..., version=..., consumes=..., produces=..., tools=(...), reads=(...))
+    Params = a StageParams subclass; its fields, defaults and descriptions are the docs
     def run(ctx: StageContext) -> dict   # writes ctx.output, returns facts for stage.json
-and may define
-    def reads(params) -> tuple[str, ...]             # narrows SPEC.reads by the params
-    def code_refs(params) -> list[str]               # import paths whose code joins the fingerprint
-    def needs_labels(params[, split]) -> bool        # False: the split(s) it reads need no annotations
-    def check(params, manifest, model) -> list[tuple[tuple, str]]
-        # (field path under the step, message) for each problem found against a freshly built model
-        # (pattern matching no layer, an adapter without a loss); run by the `check` task before
-        # any training, and by the stage itself before it starts.
-and imports nothing heavy at module level (torch, onnx, onnxruntime load inside `run`), because the
-registry imports stage modules to validate a manifest on every `doit` invocation.
+and may implement any of the optional hooks in HOOKS, each marked with @hook and taking exactly the
+parameters listed there. The registry checks this when it loads a stage (release.stages.load): a
+hook with an unknown name, other parameters, or without the mark is an error at load, never a
+function that silently does not run. A stage module imports nothing heavy at module level (torch,
+onnx, onnxruntime load inside `run`), because the registry imports stage modules to check a
+manifest on every `doit` invocation that plans; it never imports the manifest loader.
 
 Artifact kinds:
     checkpoint  the user's source file (any format strip understands)
@@ -29,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from release.params import StageParams  # noqa: F401 - part of the stage contract
 
 if TYPE_CHECKING:  # numpy stays off the no-op path
     import numpy as np
@@ -38,10 +34,6 @@ Kind = Literal["checkpoint", "weights", "onnx"]
 OUTPUT_FILE: dict[str, str] = {"weights": "weights.safetensors", "onnx": "model.onnx"}
 
 
-class StageParams(BaseModel):
-    """Base for every stage's params: unknown keys are errors, not warnings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -60,6 +52,43 @@ class StageSpec:
     uses_model: bool = False
     # Helper modules (beyond the stage's own) whose code decides what it writes, e.g. release.training.
     code: tuple[str, ...] = ()
+    # The installed packages (distribution names) the stage calls: their versions join this stage's
+    # fingerprint only, and the release.lock of a variant lists those of its stages.
+    tools: tuple[str, ...] = ()
+    # Appended to "Add data.<split>.annotations" when a stage needs labels it could do without.
+    no_labels_hint: str = ""
+
+
+# The optional hooks: name -> (its parameters in order, what it returns). One signature each.
+HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "reads": (("params",), "tuple[str, ...]: the data splits this configuration reads (default SPEC.reads)"),
+    "needs_labels": (("params", "split"), "bool: whether it needs data.<split>'s annotations (default True)"),
+    "code_refs": (("params",), "list[str]: import paths whose source joins the fingerprint (default none)"),
+    "check": (("params", "manifest", "model"),
+              "list[(field path under the step, message)]: problems found against a freshly built model, "
+              "before anything trains"),
+    "next_model": (("params", "manifest", "model"),
+                   "the model the following steps receive, for their check (default: the same model)"),
+    "describe": (("facts",), "Description | None: what the stage did, for the report and the model card"),
+}
+
+
+def hook(fn):
+    """Mark a stage module's function as the implementation of the optional hook of its name."""
+    fn.__stage_hook__ = True
+    return fn
+
+
+@dataclass(frozen=True)
+class Description:
+    """A stage's own account of its facts, shown by generic code (gate table, model card, tracking)."""
+
+    summary: str                 # one line: the gate table's notes and the model card
+    title: str = ""              # the model card's section heading for `card` (e.g. "Quantization")
+    card: str = ""               # markdown for that section (may be empty)
+    # What the stage makes of the model when it exists to make it faster (e.g. "INT8"): the gate
+    # notes a variant that is then not faster than the float baseline (latency, not the format, decides).
+    faster_as: str = ""
 
 
 @dataclass

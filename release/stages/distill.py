@@ -14,14 +14,16 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from release.manifest import IMPORT_PATH
-from release.stages.base import StageContext, StageParams, StageSpec
+from release.stages.base import StageContext, StageParams, StageSpec, hook
 from release.training import TrainParams
+from release.usercode import IMPORT_PATH
 
 SPEC = StageSpec(
     name="distill", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
-    code=("release.training", "release.stages.prune"),
+    code=("release.training", "release.surgery"),
+    no_labels_hint=" (or set labels: false)",
     summary="train a smaller student against the teacher's head outputs (+ ground truth)",
+    tools=("torch", "torch-pruning", "safetensors"),
 )
 
 
@@ -52,10 +54,12 @@ class Params(TrainParams):
         return self
 
 
-def needs_labels(params) -> bool:
+@hook
+def needs_labels(params, split) -> bool:
     return params.labels and params.gt_weight > 0
 
 
+@hook
 def code_refs(params) -> list[str]:
     return [params.student.builder] if params.student.builder else []
 
@@ -76,6 +80,13 @@ def build_student(params, manifest):
                            f"{type(exc).__name__}: {exc}") from None
 
 
+@hook
+def next_model(params, manifest, model):
+    """The steps after distill (their checks) receive the student, not the teacher."""
+    return build_student(params, manifest)
+
+
+@hook
 def check(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.errors import ReleaseError
     from release.analysis import output_shapes
@@ -100,7 +111,7 @@ def check(params, manifest, model) -> list[tuple[tuple, str]]:
     if not problems and params.init == "teacher":
         import copy
 
-        from release.stages.prune import narrow_like
+        from release.surgery import narrow_like
 
         try:
             narrow_like(copy.deepcopy(model), student, manifest.model.input_shape)
@@ -145,7 +156,7 @@ def run(ctx: StageContext) -> dict:
     if p.init == "teacher":
         import copy
 
-        from release.stages.prune import narrow_like
+        from release.surgery import narrow_like
 
         start = copy.deepcopy(teacher).to(memory_format=torch.contiguous_format)
         narrow_like(start, student, spec.input_shape)

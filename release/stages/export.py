@@ -24,6 +24,7 @@ from release.stages.base import StageContext, StageParams, StageSpec
 SPEC = StageSpec(
     name="export", version=1, consumes="weights", produces="onnx", uses_model=True, verifies=("eval",),
     summary="torch -> ONNX with checker, parity check and offline ORT optimization",
+    tools=("torch", "torch-pruning", "onnx", "onnxruntime"),
 )
 
 

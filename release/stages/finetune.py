@@ -8,13 +8,14 @@ and after.
 
 from __future__ import annotations
 
-from release.stages.base import StageContext, StageSpec
+from release.stages.base import StageContext, StageSpec, hook
 from release.training import TrainParams
 
 SPEC = StageSpec(
     name="finetune", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
     code=("release.training",),
     summary="train further with the adapter's loss on data.train (after prune, or alone)",
+    tools=("torch", "torch-pruning", "safetensors"),
 )
 
 
@@ -22,6 +23,7 @@ class Params(TrainParams):
     pass
 
 
+@hook
 def check(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.usercode import load_adapter
 

@@ -22,6 +22,7 @@ SPEC = StageSpec(
     consumes="onnx",
     produces="onnx",
     summary="float16 weights and compute, float32 inputs/outputs, with ONNX Runtime's converter",
+    tools=("onnx", "onnxruntime"),
 )
 
 FP16_SMALLEST_SUBNORMAL = 5.96e-08

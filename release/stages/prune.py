@@ -20,11 +20,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from release.stages.base import StageContext, StageParams, StageSpec
+from release.stages.base import StageContext, StageParams, StageSpec, hook
+from release.surgery import prunable
 
 SPEC = StageSpec(
-    name="prune", version=1, consumes="weights", produces="weights", uses_model=True,
+    name="prune", version=1, consumes="weights", produces="weights", uses_model=True, code=("release.surgery",),
     summary="structured channel pruning (torch-pruning) or unstructured magnitude sparsity",
+    tools=("torch", "torch-pruning", "safetensors"),
 )
 
 Amount = Annotated[float, Field(gt=0, lt=1)]
@@ -66,17 +68,11 @@ class Params(StageParams):
         return self.scope or ("layer" if self.method == "channel" else "global")
 
 
-def _prunable(model) -> dict:
-    import torch
-
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))}
-
-
+@hook
 def check(params, manifest, model) -> list[tuple[tuple, str]]:
     from release.errors import closest
 
-    names = list(_prunable(model))
+    names = list(prunable(model))
     problems = []
     for field, patterns in (("layers", list(params.layers)), ("keep", params.keep)):
         for pattern in patterns:
@@ -119,7 +115,7 @@ def _channel(model, params, amounts: dict, kept: list[str], input_shape) -> dict
     import torch
     import torch_pruning as tp
 
-    modules = _prunable(model)
+    modules = prunable(model)
     importance = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
                   "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
                   "bn_scale": lambda: tp.importance.BNScaleImportance()}[params.importance or "l2"]()
@@ -144,53 +140,13 @@ def _channel(model, params, amounts: dict, kept: list[str], input_shape) -> dict
             "not_narrowed": sorted(n for n in amounts if before[n] == after[n]), "kept": kept}
 
 
-def narrow_like(model, target, input_shape) -> None:
-    """Prune `model` in place, layer by layer, to the output widths of `target`'s layers of the same
-    names (e.g. the same detector built at half width), dropping the channels with the lowest L2
-    norm of their dependency group. Raises ReleaseError when the result does not fit `target`.
-
-    This is how a student can start from its teacher's weights instead of from noise.
-    """
-    import torch
-    import torch_pruning as tp
-
-    from release.errors import ReleaseError
-
-    for q in model.parameters():  # the dependency graph is traced through autograd
-        q.requires_grad_(True)
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(tuple(input_shape)),
-                                                      verbose=False)
-    want = {n: m.weight.shape[0] for n, m in _prunable(target).items()}
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
-    for name, module in _prunable(model).items():
-        have = module.weight.shape[0]
-        if want.get(name, have) >= have:
-            continue
-        fn = tp.prune_linear_out_channels if isinstance(module, torch.nn.Linear) else tp.prune_conv_out_channels
-        scores = importance(graph.get_pruning_group(module, fn, idxs=list(range(have))))
-        drop = torch.argsort(scores)[: have - want[name]].tolist()
-        group = graph.get_pruning_group(module, fn, idxs=drop)
-        if not graph.check_pruning_group(group):
-            raise ReleaseError(f"cannot narrow layer '{name}' from {have} to {want[name]} channels "
-                               f"without emptying a layer it is coupled to")
-        group.prune()
-    mine, theirs = model.state_dict(), target.state_dict()
-    wrong = [k for k in theirs if k not in mine or mine[k].shape != theirs[k].shape]
-    if wrong or set(mine) != set(theirs):
-        k = wrong[0] if wrong else sorted(set(mine) ^ set(theirs))[0]
-        raise ReleaseError(f"the student is not a narrower copy of the teacher: after narrowing, '{k}' is "
-                           f"{tuple(mine[k].shape) if k in mine else 'missing'} in the teacher and "
-                           f"{tuple(theirs[k].shape) if k in theirs else 'missing'} in the student")
-
-
 def _magnitude(model, params, amounts: dict, kept: list[str]) -> dict:
     import torch.nn.utils.prune as tprune
 
     from release.analysis import sparsity
 
 
-    modules = _prunable(model)
+    modules = prunable(model)
     if params.resolved_scope == "global":
         # One threshold across layers. Per-pattern amounts make no sense with one threshold, so
         # `layers` entries prune those layers on their own and the rest share the global ranking.
@@ -225,7 +181,7 @@ def run(ctx: StageContext) -> dict:
         raise ReleaseError("prune: found no Conv/Linear layer before the model's outputs, so the head output "
                            "layers cannot be kept whole automatically; name them in prune.keep")
     shapes_before = output_shapes(model, spec.input_shape)
-    names = list(_prunable(model))
+    names = list(prunable(model))
     kept = [n for n in names if n in outputs or any(fnmatchcase(n, k) for k in p.keep)]
     amounts = _amounts(p, names, set(kept))
     if p.method == "channel":

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from release.stages.base import StageContext, StageParams, StageSpec
+from release.stages.base import Description, StageContext, StageParams, StageSpec, hook
 
 SPEC = StageSpec(
     name="quantize",
@@ -41,6 +41,7 @@ SPEC = StageSpec(
     # trials with its postprocessing: the model's code is part of what this stage writes.
     uses_model=True,
     code=("release.int8", "release.measure.accuracy"),
+    tools=("onnx", "onnxruntime", "numpy", "pycocotools"),
 )
 
 # Every calibrated activation of every sample in a chunk is held in memory until the chunk is merged.
@@ -57,6 +58,7 @@ def _getter(params):
     return params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
 
 
+@hook
 def reads(params) -> tuple[str, ...]:
     """Data splits this configuration reads (for the fingerprint): dynamic quantization reads none."""
     get = _getter(params)
@@ -581,8 +583,62 @@ def _verify(path, reference, input_name: str, x) -> dict:
     return {"loaded": True, "ran": True, "outputs_vs_fp32": outputs}
 
 
-def needs_labels(params, split: str | None = None) -> bool:
+@hook
+def needs_labels(params, split) -> bool:
     """Calibration reads images only; the max_map_drop search measures mAP on its tuning split."""
     get = _getter(params)
     tuning = get("tuning_split", "calibration")
-    return get("max_map_drop") is not None and (split is None or split == tuning)
+    return get("max_map_drop") is not None and split == tuning
+
+
+@hook
+def describe(facts) -> Description:
+    """How the model was quantized and what stayed in float, and why; the card adds the float nodes
+    and the sensitivity search's curve."""
+    return Description(summary=_summary(facts), title="Quantization", card=_card(facts), faster_as="INT8")
+
+
+def _summary(q: dict) -> str:
+    if q["mode"] == "dynamic":
+        head = "INT8 dynamic (weights only, activations at run time)"
+    else:
+        cal = q.get("calibration", {})
+        head = (f"INT8 static {q['format']}, {cal.get('method')} calibration on {cal.get('samples')} images"
+                f"{' (ranges from the cache)' if cal.get('cached') else ''}, {q['activation_type']} activations")
+    why: dict[str, list[str]] = {}
+    for k in q.get("float_nodes", []):
+        why.setdefault(k["why"].split(" (")[0].split(" rank")[0], []).append(k["node"])
+    parts = [f"{len(nodes)} {reason}" + (f" ({', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''})")
+             for reason, nodes in why.items()]
+    line = f"{head}; in float: {'; '.join(parts) if parts else 'nothing'}"
+    tuned = q.get("sensitivity")
+    if tuned:
+        line += (f"; tuned on data.{tuned['split']}: mAP {tuned['chosen']['map']:.3f} vs float {tuned['fp32_map']:.3f} "
+                 f"(max drop {tuned['max_map_drop']:g}, {'met' if tuned['met'] else 'NOT met'} after "
+                 f"{len(tuned['curve']) - 1} trials)")
+    return line
+
+
+def _card(q: dict) -> str:
+    lines = []
+    if q.get("float_nodes"):
+        lines += ["| node kept in float | op | why |", "|---|---|---|"]
+        lines += [f"| `{k['node']}` | {k['op']} | {k['why']} |" for k in q["float_nodes"][:30]]
+        if len(q["float_nodes"]) > 30:
+            lines.append(f"| ... {len(q['float_nodes']) - 30} more | | |")
+        lines.append("")
+    tuned = q.get("sensitivity")
+    if tuned:
+        lines += [f"Sensitivity search on data.{tuned['split']} (float mAP {tuned['fp32_map']:.4f}):", "",
+                  "| layer groups in float by sensitivity | nodes in float | mAP | bytes | latency ms (in-stage, 1 thread) |",
+                  "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(_cell(c.get(k), f) for k, f in CURVE_CELLS) + " |" for c in tuned["curve"]]
+        lines.append("")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+CURVE_CELLS = (("fallback_groups", ""), ("float_nodes", ""), ("map", ".4f"), ("bytes", ""), ("latency_ms", ".2f"))
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -17,6 +17,7 @@ from release.stages.base import StageContext, StageParams, StageSpec
 SPEC = StageSpec(
     name="strip", version=2, consumes="checkpoint", produces="weights", uses_model=True,
     summary="drop optimizer state and training-only weights; write safetensors",
+    tools=("torch", "safetensors"),
 )
 
 

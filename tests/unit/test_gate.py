@@ -107,7 +107,7 @@ def test_int8_variants_say_how_they_were_quantized_and_what_stayed_float():
 
 
 def test_the_model_card_lists_float_nodes_and_the_tuning_curve():
-    from release.publish import _quantization_section
+    from release.publish import _stage_sections as _quantization_section
 
     quant = {"mode": "static", "format": "qoperator", "activation_type": "uint8",
              "calibration": {"method": "minmax", "samples": 8, "cached": False},
