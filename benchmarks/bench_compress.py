@@ -36,13 +36,13 @@ def main() -> int:
     args = parser.parse_args()
     root = args.root.resolve()
 
-    from release import manifest, plan as plans
+    from release import manifest, planner
     from release.usercode import load_adapter
     from release.weights import load_weights
     from release.training import load_train_set
 
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = plans.build(loaded, root)
+    plan = planner.build(loaded, root)
     report_path = plan.release_dir / "report.json"
     if not report_path.is_file():
         print(f"no build in {root}: run `doit release manifest={args.manifest}` there first", file=sys.stderr)
@@ -97,7 +97,7 @@ def main() -> int:
         if not {"prune", "finetune", "distill"} & set(stages):
             continue
         own = [(records[fp]["stage"], records[fp]["seconds"]) for fp in chain[1:] if fp in records]
-        node = plan.final[variant]
+        node = plan.final_node(variant)
         map_file = plan.map_file(node)
         measured = json.loads(map_file.read_text()).get("seconds", 0.0) if map_file.is_file() else 0.0
         total = sum(s for _, s in own)

@@ -31,14 +31,14 @@ def main() -> int:
     args = parser.parse_args()
     root = args.root.resolve()
 
-    from release import manifest, plan as plans
+    from release import manifest, planner
     from release.measure import accuracy, latency, size
     from release.stages import quantize
     from release.stages.base import StageContext
 
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = plans.build(loaded, root)
-    node = plan.final.get("fp32")
+    plan = planner.build(loaded, root)
+    node = plan.final_node("fp32") if "fp32" in plan.final else None
     exported = node.output if node is not None and node.stage == "export" and node.output.is_file() else None
     if exported is None:
         print(f"no fp32 export in {root}: run `doit release manifest={args.manifest}` there first", file=sys.stderr)

@@ -54,7 +54,7 @@ def committed_record(out_dir: Path, fingerprint: str) -> dict | None:
     """The record of a stage output already committed for this fingerprint, verified against the
     output's hash; None when there is none or it does not verify."""
     from release.fingerprint import file_sha256
-    from release.stages.base import OUTPUT_FILE
+    from release.plan import OUTPUT_FILE
 
     try:
         record = read_json(out_dir / "stage.json")
@@ -66,7 +66,16 @@ def committed_record(out_dir: Path, fingerprint: str) -> dict | None:
     return record
 
 
+def _inputs(job: dict):
+    """The typed slice of the plan an action reads (model, data, source, manifest path)."""
+    from release.manifest import Inputs
+
+    return Inputs.model_validate(job["inputs"])
+
+
 def _manifest(job: dict):
+    """The whole manifest, parsed again: only the model check needs it (its problems are located
+    in the YAML file, line by line)."""
     from release import manifest
 
     return manifest.load(Path(job["manifest"]), Path(job["root"]))
@@ -96,7 +105,7 @@ def run_stage(job: dict) -> None:
     resume = out_dir.with_name(out_dir.name + ".resume")
     with atomic_dir(out_dir) as tmp:
         ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],
-                           manifest=_manifest(job), log=_log, spec_produces=module.SPEC.produces,
+                           manifest=_inputs(job), log=_log, spec_produces=module.SPEC.produces,
                            resume=resume / "state.pt", progress=_progress(),
                            cache_dir=Path(job["root"]) / "artifacts" / ".cache")
         try:
@@ -193,8 +202,8 @@ def measure_map(job: dict) -> None:
 
     if _measured(job):
         return
-    manifest = _manifest(job)
-    result = accuracy.evaluate(Path(job["model"]), manifest.model, manifest.data.eval)
+    inputs = _inputs(job)
+    result = accuracy.evaluate(Path(job["model"]), inputs.model, inputs.data.eval)
     _log(f"mAP@[.5:.95] {result['map']:.4f}  mAP@.5 {result['map50']:.4f}  on {result['images']} images")
     write_json(Path(job["out"]), result)
 

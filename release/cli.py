@@ -19,12 +19,12 @@ def _project_on_path(root: Path) -> None:
 
 
 def _check(args) -> int:
-    from release import check, manifest, plan as plans
+    from release import check, manifest, planner
 
     root = Path(args.root)
     _project_on_path(root)
     loaded = manifest.load(manifest.resolve(args.manifest, root), root)
-    plan = plans.build(loaded, root)
+    plan = planner.build(loaded, root)
     # Builds the model whenever a stage uses it (model.kwargs against the builder), then prune
     # patterns, a student's outputs, an adapter's loss.
     check.run(loaded)

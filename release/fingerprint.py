@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # the image files a split is read from
+# Every path a fingerprint read (files hashed, folders listed): the plan records their stamps.
+READ: set[str] = set()
 
 
 def digest(*parts: Any) -> str:
@@ -53,6 +55,7 @@ class HashCache:
 
     def file(self, path: Path) -> str:
         path = Path(path)
+        READ.add(str(path))
         st = path.stat()
         key = str(path.resolve())
         entry = self._entries.get(key)
@@ -78,6 +81,7 @@ class HashCache:
         an images-only split, the image files at the top of its folder (as release.data reads them).
         Only those files are hashed, so a folder that holds other things (or /usr) costs nothing more."""
         images = Path(images)
+        READ.add(str(images))
         if annotations is None:
             with os.scandir(images) as entries:
                 names = [e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()]
@@ -119,4 +123,6 @@ def file_sha256(path: Path) -> str:
 
 def source_hash(path: Path | None) -> str:
     """sha256 of a source file (a stage's or a model's code); 'none' when there is no file."""
+    if path:
+        READ.add(str(path))
     return file_sha256(path) if path and os.path.isfile(path) else "none"

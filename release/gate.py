@@ -6,7 +6,10 @@ missed and by how much. Gate decisions read only the measurement files, never a 
 
 from __future__ import annotations
 
-from release.stages.base import Description
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the stage layer (pydantic) stays off the no-op path
+    from release.stages.base import Description
 
 CHECKS = (  # budget field, figure in the row, direction, label, unit
     ("size_mb", "size_mb", "max", "size", "MB"),

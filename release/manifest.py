@@ -19,6 +19,7 @@ from release.errors import ManifestError, did_you_mean
 from release.manifest_paths import _check_paths
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
+from release.recipes import resolve  # noqa: F401 - manifest.resolve(name, root) is where callers look
 from release.targets import Profile
 from release.usercode import IMPORT_PATH
 
@@ -148,6 +149,16 @@ class Demo(Strict):
     lr: float = Field(0.012, gt=0)
 
 
+class Inputs(Strict):
+    """The slice of a manifest that stages, measurements and publishing read (from the plan record,
+    resolved, never by parsing the YAML again): the model code, the data and the source."""
+
+    model: ModelSpec
+    data: Data
+    source: Source
+    path: Path = Field(description="the manifest file the plan was made from")
+
+
 class Manifest(Strict):
     schema_version: int = Field(description=f"manifest schema version; this release reads {SCHEMA_VERSION}")
     name: str = Field(description="release name (a folder name)")
@@ -197,25 +208,6 @@ class Manifest(Strict):
     def pipelines(self) -> dict[str, list[tuple[str, Any]]]:
         """variant -> [(stage name, validated Params)], in pipeline order."""
         return self._pipelines
-
-
-# ---------------------------------------------------------------- locating a manifest
-
-def resolve(name: str | Path, root: Path) -> Path:
-    """`manifest=NAME`: a path (relative to root), else a file under root/recipes/."""
-    name = str(name)
-    candidates = [root / name, root / "recipes" / name]
-    if not name.endswith((".yaml", ".yml")):
-        candidates += [root / f"{name}.yaml", root / "recipes" / f"{name}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    known = sorted(p.name for p in (root / "recipes").glob("*.y*ml")) if (root / "recipes").is_dir() else []
-    hint = f" Recipes here: {', '.join(known)}." if known else ""
-    raise ManifestError(
-        f"manifest '{name}' not found (looked for {', '.join(str(c) for c in candidates[:2])})."
-        f"{did_you_mean(name, known)}{hint} Pass manifest=PATH or a name under recipes/."
-    )
 
 
 # ---------------------------------------------------------------- variants

@@ -1,27 +1,30 @@
-"""The build plan: a manifest -> fingerprinted stage, measurement and gate nodes, as doit tasks.
+"""The build plan: fingerprinted stage, measurement and gate nodes, as one record written once.
+
+release/planner.py makes a Plan from a manifest (parsing, validation, fingerprints); this module is
+the plan itself, plain data with no pydantic, and its record `artifacts/<name>/plan.json`. The
+record carries the stamps of everything planning read (the manifest's bytes, every source file
+hashed, every data file and folder looked at, the folders Python imports from, the environment
+that matters), so a later `doit` whose stamps still hold takes the recorded plan without parsing
+the manifest or importing a stage: that is what keeps a no-op build close to doit's own no-op. A
+stamp that moved (an edited manifest, a touched image, an installed package) means the plan is made
+anew; it is never served stale.
 
 Equal pipeline prefixes have equal fingerprints, so they are one node (and one task) however many
 variants (or manifests) share them. Outputs live under artifacts/stages/<stage>/<fingerprint>/.
-Building the plan imports no torch, onnxruntime or mlflow: it must cost little on a no-op build.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from release import stages
-from release.fingerprint import HashCache, digest, source_hash, tool_versions
-from release.manifest import Manifest
-from release.usercode import module_file
-from release.stages.base import OUTPUT_FILE
-
-SPLITS = ("train", "calibration", "eval")
-DEMO_MODULES = ("release.models.demo.shapes", "release.models.demo.detector", "release.models.demo.train", "release.optim")
-# Shared code that decides what a stage writes (checkpoint reading, model building, data order):
-# a fix in any of these must rebuild, like a fix in the stage's own module.
-FRAMEWORK_MODULES = ("release.checkpoint", "release.usercode", "release.weights", "release.analysis", "release.data",
-                     "release.stages.base")
+RECORD_SCHEMA = 1
+OUTPUT_FILE: dict[str, str] = {"weights": "weights.safetensors", "onnx": "model.onnx"}
+ENV_PREFIXES = ("RELEASE_", "MLFLOW_")  # environment variables planning may read
 
 
 def relative(path: Path, root: Path) -> str:
@@ -62,132 +65,139 @@ class StageNode:
 
 @dataclass
 class Plan:
-    manifest: Manifest
+    name: str
+    version: str
+    manifest: Path                        # the manifest file the plan was made from
     root: Path
-    artifacts: Path
+    # What actions need of the manifest, resolved (paths absolute) and as JSON: the typed slices
+    # they validate (release.manifest.Inputs for model/data/source; the target profile).
+    inputs: dict
+    target: dict                          # the resolved target profile, under one name
+    measure: dict
+    budget: dict
+    select: str
+    tracking: dict
+    demo: dict | None
     source_fp: str
     data_fp: dict[str, str]
     nodes: dict[str, StageNode]           # fingerprint -> node, in build order
-    final: dict[str, StageNode]           # variant -> its last node
+    final: dict[str, str]                 # variant -> fingerprint of its last node
     chains: dict[str, list[str]]          # variant -> fingerprints in pipeline order
     demo_fp: dict[str, str]               # "data" / "train" -> fingerprint, when the manifest has a demo
+    checked: list[str]                    # fingerprints of the nodes the model check covers
+    keys: dict                            # measurement keys: "size", and "map" / "latency" per fingerprint
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
 
     @property
     def release_dir(self) -> Path:
-        return self.artifacts / self.manifest.name
+        return self.artifacts / self.name
 
     @property
-    def checked(self) -> list[StageNode]:
-        """Stage nodes checked against the model before anything trains: those whose stage has a
-        check hook, and any that builds the model (model.kwargs are checked against the builder)."""
-        return [n for n in self.nodes.values()
-                if stages.load(n.stage).has("check") or stages.load(n.stage).SPEC.uses_model]
+    def record_file(self) -> Path:
+        return self.release_dir / "plan.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.inputs["source"]["checkpoint"])
+
+    @property
+    def eval_annotations(self) -> Path | None:
+        ann = self.inputs["data"]["eval"]["annotations"]
+        return Path(ann) if ann else None
+
+    def final_node(self, variant: str) -> StageNode:
+        return self.nodes[self.final[variant]]
 
     def measure_dir(self, node: StageNode) -> Path:
         return self.artifacts / "measure" / short(node.fingerprint)
 
     def size_file(self, node: StageNode) -> Path:
-        return self.measure_dir(node) / f"size-{short(code_hash(('release.measure.size',)))}.json"
+        return self.measure_dir(node) / f"size-{short(self.keys['size'])}.json"
 
     def map_file(self, node: StageNode) -> Path:
-        return self.measure_dir(node) / f"map-{short(self.map_key(node))}.json"
+        return self.measure_dir(node) / f"map-{short(self.keys['map'][node.fingerprint])}.json"
 
     def latency_file(self, node: StageNode) -> Path:
-        return self.measure_dir(node) / f"latency-{short(self.latency_key(node))}.json"
+        return self.measure_dir(node) / f"latency-{short(self.keys['latency'][node.fingerprint])}.json"
 
-    def map_key(self, node: StageNode) -> str:
-        spec = self.manifest.model
-        return digest("map", node.fingerprint, self.data_fp["eval"], spec.adapter, spec.adapter_kwargs,
-                      source_hash(module_file(spec.adapter)), tool_versions(("onnxruntime", "pycocotools")),
-                      code_hash(("release.measure.accuracy", "release.data", "release.usercode")))
+    # ------------------------------------------------------------ the record
+    def to_record(self) -> dict:
+        doc = asdict(self)
+        doc["nodes"] = [asdict(n) for n in self.nodes.values()]
+        return json.loads(json.dumps(doc, default=str))
 
-    def latency_key(self, node: StageNode) -> str:
-        # The whole resolved profile (runner, threads, provider, options, ...) and the measure
-        # settings: a change to any of them re-measures. A device's own onnxruntime is not known
-        # here; its version is recorded in the figure.
-        what = {k: v for k, v in self.manifest.device.items() if k not in ("description", "connect_timeout", "timeout")}
-        return digest("latency", node.fingerprint, what, self.manifest.measure.model_dump(mode="json"),
-                      tool_versions(("onnxruntime",)),
-                      code_hash(("release.measure.latency", "release.measure.bench", "release.measure.ssh",
-                                 "release.targets")))
-
-
-def code_hash(modules: tuple[str, ...]) -> str:
-    return digest([source_hash(module_file(m)) for m in modules])
+    @classmethod
+    def from_record(cls, doc: dict) -> Plan:
+        nodes = {}
+        for n in doc["nodes"]:
+            n = {**n, "input": Path(n["input"]), "out_dir": Path(n["out_dir"]),
+                 "data_deps": [Path(p) for p in n["data_deps"]]}
+            nodes[n["fingerprint"]] = StageNode(**n)
+        fields = {k: v for k, v in doc.items() if k not in ("nodes", "manifest", "root")}
+        return cls(**fields, nodes=nodes, manifest=Path(doc["manifest"]), root=Path(doc["root"]))
 
 
-def _demo_fingerprints(manifest: Manifest) -> dict[str, str]:
-    demo = manifest.demo
-    code = {m: source_hash(module_file(m)) for m in DEMO_MODULES}
-    data = digest("demo-data", demo.seed, demo.image_size, demo.train_images, demo.calibration_images,
-                  demo.eval_images, code["release.models.demo.shapes"])
-    train = digest("demo-train", data, demo.steps, demo.batch_size, demo.lr, manifest.model.kwargs,
-                   code, tool_versions(("torch",)))
-    return {"data": data, "train": train}
+# ---------------------------------------------------------------- stamps
+
+def _stat(path: str) -> list | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if not os.path.isdir(path) else [-1, st.st_mtime_ns]
 
 
-def build(manifest: Manifest, root: Path) -> Plan:
-    root = Path(root)
-    artifacts = root / "artifacts"
-    hashes = HashCache(artifacts / ".cache" / "hashes.json")
-    demo_fp = _demo_fingerprints(manifest) if manifest.demo else {}
-    # Only splits that something reads are hashed: eval (mAP) and what the stages declare.
-    used = {"eval"} | {s for pipeline in manifest.pipelines.values() for name, params in pipeline
-                       for s in stages.load(name).reads(params)}
-    data_fp = {}
-    for split in sorted(used):
-        ref = getattr(manifest.data, split)
-        if manifest.demo:
-            data_fp[split] = digest(demo_fp["data"], split, ref.limit)
-        elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.is_file()):
-            data_fp[split] = digest(hashes.split(ref.annotations, ref.images), ref.limit)
-        else:
-            data_fp[split] = "missing"  # the stage reading it reports the missing file, with the fix
-    if manifest.demo:
-        source_fp = demo_fp["train"]
-    else:
-        source_fp = hashes.file(manifest.source.checkpoint) if manifest.source.checkpoint.is_file() else "missing"
-    hashes.save()
-    framework = code_hash(FRAMEWORK_MODULES)
+def stamps(manifest: Path, read: set[str]) -> dict:
+    """What the plan depends on, as it is now: the manifest's bytes, each path planning read (size
+    and mtime; a folder's mtime), the folders imports come from, and the environment that matters."""
+    paths = sorted(set(read) | {p for p in sys.path if p and os.path.isdir(p)})
+    return {"manifest": str(manifest), "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
+            "python": sys.executable, "env": _env(), "paths": {p: _stat(p) for p in paths}}
 
-    spec = manifest.model
-    model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
-                        spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
-    source = manifest.source
-    source_cfg = digest(source.format, source.weights, sorted(source.drop), source.trusted, source.strict,
-                        sorted(source.allow_missing))
 
-    nodes: dict[str, StageNode] = {}
-    final: dict[str, StageNode] = {}
-    chains: dict[str, list[str]] = {}
-    for variant, pipeline in manifest.pipelines.items():
-        fp, current, chain = source_fp, manifest.source.checkpoint, []
-        for name, params in pipeline:
-            module = stages.load(name)
-            sspec = module.SPEC
-            reads = module.reads(params)
-            params_dict = params.model_dump(mode="json")
-            # Helper modules the stage names, and code its params point at (a distilled student's builder).
-            refs = [source_hash(module_file(m)) for m in sspec.code] + \
-                   [source_hash(module_file(r)) for r in module.code_refs(params)]
-            fp = digest(
-                name, sspec.version, source_hash(module.file), framework, params_dict, fp,
-                tool_versions(sspec.tools), [data_fp.get(s) for s in reads],
-                model_code if sspec.uses_model else None,
-                source_cfg if sspec.consumes == "checkpoint" else None,
-                *([refs] if refs else []),
-            )
-            if fp not in nodes:
-                # Data a stage only checks against joins file_dep just where the build generates it
-                # (for ordering); editing it must not re-run the stage, whose output it cannot change.
-                checked = sspec.verifies if manifest.demo else ()
-                deps = sorted({getattr(manifest.data, s).annotations for s in reads + checked} - {None})
-                nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp, current,
-                                      artifacts / "stages" / name / short(fp), sspec.produces, deps)
-            node = nodes[fp]
-            node.variants.append(variant)
-            current = node.output
-            chain.append(fp)
-        final[variant] = nodes[fp]
-        chains[variant] = chain
-    return Plan(manifest, root, artifacts, source_fp, data_fp, nodes, final, chains, demo_fp)
+def _env() -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def holds(recorded: dict, manifest: Path) -> bool:
+    """Whether every stamp recorded with a plan still holds (cheap: stats and one small read)."""
+    try:
+        if recorded["manifest"] != str(manifest) or recorded["python"] != sys.executable \
+                or recorded["env"] != _env():
+            return False
+        if any(_stat(p) != st for p, st in recorded["paths"].items()):
+            return False
+        return recorded["manifest_sha256"] == hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _pointer(root: Path, manifest: Path) -> Path:
+    """Where the name of the plan made from this manifest file is remembered (the manifest's name
+    is inside the YAML, which a no-op build does not parse)."""
+    key = hashlib.sha256(str(manifest).encode()).hexdigest()[:16]
+    return root / "artifacts" / ".plans" / f"{key}.json"
+
+
+def recorded(manifest: Path, root: Path) -> Plan | None:
+    """The recorded plan for this manifest file when its stamps hold, else None."""
+    try:
+        name = json.loads(_pointer(root, manifest).read_text())["name"]
+        doc = json.loads((root / "artifacts" / name / "plan.json").read_text())
+        if doc.get("schema_version") != RECORD_SCHEMA or not holds(doc["stamps"], manifest):
+            return None
+        return Plan.from_record(doc["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record(plan: Plan, read: set[str]) -> None:
+    """Write the plan and its stamps beside the build, atomically, and remember where it is."""
+    from release.atomic import write_json
+
+    write_json(plan.record_file, {"schema_version": RECORD_SCHEMA, "stamps": stamps(plan.manifest, read),
+                                  "plan": plan.to_record()})
+    write_json(_pointer(plan.root, plan.manifest), {"name": plan.name, "manifest": str(plan.manifest)})

@@ -19,7 +19,13 @@ def _rel(plan: Plan, paths) -> list[str]:
 
 
 def _job(plan: Plan, **extra) -> dict:
-    return {"manifest": str(plan.manifest.path), "root": str(plan.root), **extra}
+    """An action's one argument: plain data (picklable, for `doit -n N`), with the typed slices of
+    the plan it needs (the actions validate them; none of them parses the manifest again)."""
+    return {"manifest": str(plan.manifest), "root": str(plan.root), **extra}
+
+
+def _inputs(plan: Plan) -> dict:
+    return {"inputs": {**plan.inputs, "path": str(plan.manifest)}}
 
 
 def _rmtree(path: Path):
@@ -27,34 +33,34 @@ def _rmtree(path: Path):
 
 
 def demo_tasks(plan: Plan):
-    demo = plan.manifest.demo
-    if demo is None:
+    d = plan.demo
+    if d is None:
         return
-    d = demo.model_dump(mode="json")
-    ann = [demo.data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
+    data_dir = Path(d["data_dir"])
+    ann = [data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
     yield {
         "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
-        "actions": [(actions.make_demo_data, [_job(plan, demo=d, data_dir=str(demo.data_dir),
-                                                  fingerprint=plan.demo_fp["data"])])],
+        "actions": [(actions.make_demo_data, [_job(plan, demo=d, data_dir=str(data_dir),
+                                                   fingerprint=plan.demo_fp["data"])])],
         "targets": _rel(plan, ann),
-        "uptodate": [(ownership.is_current_folder, [str(demo.data_dir), plan.demo_fp["data"]])],
-        "clean": [(ownership.remove_owned, [str(demo.data_dir)])], "verbosity": 2,
+        "uptodate": [(ownership.is_current_folder, [str(data_dir), plan.demo_fp["data"]])],
+        "clean": [(ownership.remove_owned, [str(data_dir)])], "verbosity": 2,
     }
     yield {
         "name": "train", "doc": "train the demo detector; writes a Lightning-style training checkpoint",
-        "actions": [(actions.train_demo, [_job(plan, demo=d, data_dir=str(demo.data_dir),
-                                              checkpoint=str(plan.manifest.source.checkpoint),
-                                              model_kwargs=plan.manifest.model.kwargs,
+        "actions": [(actions.train_demo, [_job(plan, demo=d, data_dir=str(data_dir),
+                                              checkpoint=str(plan.checkpoint),
+                                              model_kwargs=plan.inputs["model"]["kwargs"],
                                               fingerprint=plan.demo_fp["train"])])],
-        "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.manifest.source.checkpoint]),
-        "uptodate": [(ownership.is_current_file, [str(plan.manifest.source.checkpoint), plan.demo_fp["train"]])],
-        "clean": [(ownership.remove_owned, [str(plan.manifest.source.checkpoint)])], "verbosity": 2,
+        "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.checkpoint]),
+        "uptodate": [(ownership.is_current_file, [str(plan.checkpoint), plan.demo_fp["train"]])],
+        "clean": [(ownership.remove_owned, [str(plan.checkpoint)])], "verbosity": 2,
         "task_dep": _check_dep(plan),
     }
 
 
 def _check_dep(plan: Plan) -> list[str]:
-    return [f"check:{plan.manifest.name}"] if plan.checked else []
+    return [f"check:{plan.name}"] if plan.checked else []
 
 
 def check_tasks(plan: Plan):
@@ -65,9 +71,9 @@ def check_tasks(plan: Plan):
     from release.fingerprint import digest
 
     out = plan.release_dir / "check.json"
-    key = digest(sorted(n.fingerprint for n in plan.checked))  # params, stage and model code
+    key = digest(sorted(plan.checked))  # params, stage and model code
     yield {
-        "name": plan.manifest.name, "doc": "check the manifest against the model before anything trains",
+        "name": plan.name, "doc": "check the manifest against the model before anything trains",
         "actions": [(actions.check, [_job(plan, out=str(out), key=key)])],
         "targets": _rel(plan, [out]), "uptodate": [(actions.report_is_current, [str(out), key])], "clean": True,
         "verbosity": 2,
@@ -77,7 +83,7 @@ def check_tasks(plan: Plan):
 def stage_tasks(plan: Plan):
     for node in plan.nodes.values():
         job = _job(plan, stage=node.stage, params=node.params, params_set=node.params_set, fingerprint=node.fingerprint,
-                   input=str(node.input), out_dir=str(node.out_dir))
+                   input=str(node.input), out_dir=str(node.out_dir), **_inputs(plan))
         yield {
             "name": node.task_name,
             "doc": f"{node.stage} {node.params or ''} (variants: {', '.join(node.variants)})",
@@ -90,8 +96,7 @@ def stage_tasks(plan: Plan):
 
 
 def measure_tasks(plan: Plan):
-    manifest = plan.manifest
-    finals = list({node.fingerprint: node for node in plan.final.values()}.values())
+    finals = [plan.nodes[fp] for fp in dict.fromkeys(plan.final.values())]
     # Latency is timed alone: under `doit -n N` it waits for every stage and mAP task, and the
     # latency tasks run one after another, so no build work shares the cores with a timing.
     busy = [f"stage:{n.task_name}" for n in plan.nodes.values()] + \
@@ -106,17 +111,18 @@ def measure_tasks(plan: Plan):
         }
         yield {
             "name": f"map@{tag[:10]}", "doc": "COCO mAP of the ONNX file through ONNX Runtime on data.eval",
-            "actions": [(actions.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)))])],
-            "file_dep": _rel(plan, [model, manifest.data.eval.annotations]), "targets": _rel(plan, [plan.map_file(node)]),
+            "actions": [(actions.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)), **_inputs(plan))])],
+            "file_dep": _rel(plan, [model, *filter(None, [plan.eval_annotations])]),
+            "targets": _rel(plan, [plan.map_file(node)]),
             "clean": True, "verbosity": 2,
         }
-        device = manifest.device
+        device = plan.target
         yield {
             "name": f"latency@{tag[:10]}",
             "doc": f"latency on {device['name']} with {device['threads']} threads, {device['runner']} runner",
             "actions": [(actions.measure_latency, [_job(
                 plan, model=model, out=str(plan.latency_file(node)), device=device,
-                measure=manifest.measure.model_dump(mode="json"))])],
+                measure=plan.measure)])],
             "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
             "task_dep": busy + previous, "verbosity": 2,
         }
@@ -130,18 +136,17 @@ def _report_paths(plan: Plan) -> dict:
 
 
 def gate_task(plan: Plan) -> dict:
-    m = plan.manifest
     variants = {
         name: {"fingerprint": node.fingerprint, "artifact": _rel(plan, [node.output])[0],
                "size": str(plan.size_file(node)), "map": str(plan.map_file(node)),
                "latency": str(plan.latency_file(node)),
                "records": [str(plan.nodes[fp].record) for fp in plan.chains[name]]}
-        for name, node in plan.final.items()
+        for name, node in ((v, plan.final_node(v)) for v in plan.final)
     }
     from release.fingerprint import digest
 
-    job = _job(plan, name=m.name, version=m.version, budget=m.budget.model_dump(mode="json"), select=m.select,
-               target=m.device, variants=variants, **_report_paths(plan))
+    job = _job(plan, name=plan.name, version=plan.version, budget=plan.budget, select=plan.select,
+               target=plan.target, variants=variants, **_report_paths(plan))
     deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
     # The report records the key it was made from; up to date means that key, not doit's memory of
     # an earlier run (a killed run may have rewritten the report from another plan).
@@ -149,7 +154,7 @@ def gate_task(plan: Plan) -> dict:
     job["key"] = digest({k: job[k] for k in ("name", "version", "budget", "select", "target")},
                         {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
     return {
-        "name": m.name, "doc": "check every variant against the budgets; write report.json and report.md",
+        "name": plan.name, "doc": "check every variant against the budgets; write report.json and report.md",
         "actions": [(actions.gate, [job])], "file_dep": _rel(plan, deps),
         "targets": _rel(plan, [job["report"], job["report_md"]]),
         "uptodate": [(actions.report_is_current, [job["report"], job["key"]])],
@@ -158,15 +163,14 @@ def gate_task(plan: Plan) -> dict:
 
 
 def publish_task(plan: Plan) -> dict:
-    m = plan.manifest
     paths = _report_paths(plan)
-    release_dir = plan.release_dir / "release" / m.version
+    release_dir = plan.release_dir / "release" / plan.version
     job = _job(plan, report=paths["report"], out=paths["publish"], release_dir=str(release_dir),
-               hash_cache=str(plan.artifacts / ".cache" / "hashes.json"))
+               hash_cache=str(plan.artifacts / ".cache" / "hashes.json"), **_inputs(plan))
     from release import publish
 
     return {
-        "name": m.name, "doc": f"publish the selected variant to {release_dir}",
+        "name": plan.name, "doc": f"publish the selected variant to {release_dir}",
         "actions": [(actions.publish, [job])], "file_dep": _rel(plan, [paths["report"]]),
         "targets": _rel(plan, [paths["publish"]]),
         # Up to date: the record names this very report and the bundle verifies against its lock.
@@ -178,29 +182,29 @@ def publish_task(plan: Plan) -> dict:
 def track_task(plan: Plan) -> dict:
     from release import tracking  # light: mlflow is imported only inside the action
 
-    m = plan.manifest
     paths = _report_paths(plan)
-    job = _job(plan, **paths, uri=m.tracking.uri, required=m.tracking.required, alias=m.tracking.alias)
+    tracking_cfg = plan.tracking
+    job = _job(plan, **paths, uri=tracking_cfg["uri"], required=tracking_cfg["required"], alias=tracking_cfg["alias"],
+               **_inputs(plan))
     return {
-        "name": m.name, "doc": "log the build and every new variant to MLflow (queued when the server is away)",
+        "name": plan.name, "doc": "log the build and every new variant to MLflow (queued when the server is away)",
         "actions": [(actions.track, [job])], "file_dep": _rel(plan, [paths["report"], paths["publish"]]),
-        "uptodate": [(tracking.is_uptodate, [job])], "task_dep": [f"publish:{m.name}"], "verbosity": 2,
+        "uptodate": [(tracking.is_uptodate, [job])], "task_dep": [f"publish:{plan.name}"], "verbosity": 2,
     }
 
 
 def release_task(plan: Plan) -> dict:
-    m = plan.manifest
     return {
-        "doc": f"build, measure, gate, publish and track every variant of {m.name} (manifest=NAME)",
+        "doc": f"build, measure, gate, publish and track every variant of {plan.name} (manifest=NAME)",
         "actions": [(actions.show_result, [{**_report_paths(plan), "root": str(plan.root)}])],
-        "task_dep": [f"publish:{m.name}", f"track:{m.name}"], "verbosity": 2, "uptodate": [False],
+        "task_dep": [f"publish:{plan.name}", f"track:{plan.name}"], "verbosity": 2, "uptodate": [False],
     }
 
 
 def ui_task(plan: Plan) -> dict:
     from release import tracking
 
-    job = _job(plan, uri=plan.manifest.tracking.uri)
+    job = _job(plan, uri=plan.tracking["uri"])
     store = tracking.resolve_uri(job)
     return {
         "doc": "open the MLflow UI on this project's tracking store (http://127.0.0.1:5000; Ctrl-C stops it)",
@@ -210,7 +214,8 @@ def ui_task(plan: Plan) -> dict:
 
 def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | float | None = None,
              lock: bool | None = None) -> Plan:
-    """Load and plan a manifest for dodo.py; a user mistake exits with the message, not a traceback.
+    """The plan of a manifest for dodo.py: the recorded one when its stamps hold, else made anew
+    (and recorded); a user mistake exits with the message, not a traceback.
 
     A build (anything but `doit list`, `info`, `ui`, ...) first takes the project's build lock, so two
     builds of one folder never run at once; `lock_wait` (doit's `wait=SECONDS`, or RELEASE_LOCK_WAIT)
@@ -218,7 +223,7 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
     import os
     import sys
 
-    from release import buildlock, manifest, plan as plans
+    from release import buildlock, plan as plans, recipes
     from release.diskerrors import explain
     from release.errors import ReleaseError
 
@@ -226,9 +231,8 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
     try:
         if lock if lock is not None else buildlock.needs_lock(sys.argv):
             buildlock.acquire(root / "artifacts", _seconds(lock_wait or os.environ.get("RELEASE_LOCK_WAIT") or 0))
-        loaded = manifest.load(manifest.resolve(manifest_name, root), root)
-        (root / "artifacts").mkdir(exist_ok=True)
-        return plans.build(loaded, root)
+        path = recipes.resolve(manifest_name, root)
+        return plans.recorded(path, root) or make_plan(path, root)
     except ReleaseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
@@ -238,6 +242,40 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
             raise
         print(f"ERROR: {message}", file=sys.stderr)
         raise SystemExit(3) from None
+
+
+def make_plan(path: Path, root: Path) -> Plan:
+    """Parse and check the manifest, plan it, and record the plan with the stamps of what it read."""
+    from release import fingerprint, manifest, planner
+    from release.plan import record
+
+    fingerprint.READ.clear()
+    loaded = manifest.load(path, root)
+    (root / "artifacts").mkdir(exist_ok=True)
+    made = planner.build(loaded, root)
+    record(made, fingerprint.READ | _loaded_sources())
+    return made
+
+
+def _loaded_sources() -> set[str]:
+    """The source files of every module imported so far (the release package, the user's builder
+    and adapter, the stages): a change to any of them may change the plan."""
+    import sys
+
+    files = set()
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        path = getattr(module, "__file__", None)
+        if path and (name == "release" or name.startswith("release.") or not _installed(path)):
+            files.add(path)
+    return files
+
+
+def _installed(path: str) -> bool:
+    import sysconfig
+
+    return path.startswith((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                            sysconfig.get_paths()["stdlib"]))
 
 
 def _seconds(value) -> float:

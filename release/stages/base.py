@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from release.params import StageParams  # noqa: F401 - part of the stage contract
+from release.plan import OUTPUT_FILE
 
 if TYPE_CHECKING:  # numpy stays off the no-op path
     import numpy as np
 
 Kind = Literal["checkpoint", "weights", "onnx"]
-OUTPUT_FILE: dict[str, str] = {"weights": "weights.safetensors", "onnx": "model.onnx"}
 
 
 

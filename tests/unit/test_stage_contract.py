@@ -71,7 +71,7 @@ def test_defaults_of_hooks_a_stage_does_not_define():
 
 
 def test_a_tool_joins_only_the_fingerprints_of_stages_that_call_it(tmp_path, monkeypatch):
-    from release import manifest, plan
+    from release import manifest, planner as plan
 
     placeholder_data(tmp_path)
     doc = tiny_manifest_dict(variants={"half": ["strip", "export", "fp16"]})
