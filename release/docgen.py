@@ -50,7 +50,8 @@ def manifest_reference() -> str:
     for name in stages.names():
         module = stages.load(name)
         spec = module.SPEC
-        intro = f"{spec.summary[:1].upper()}{spec.summary[1:]}. Takes {spec.consumes}, gives {spec.produces}."
+        summary = spec.summary.rstrip(".")
+        intro = f"{summary[:1].upper()}{summary[1:]}. Takes {spec.consumes}, gives {spec.produces}."
         parts += _sections(module.Params, name, f"`{name}`", "###", {}, intro)
     return "\n".join(parts).rstrip() + "\n"
 
