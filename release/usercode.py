@@ -10,7 +10,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from release.errors import ReleaseError
+from release import adapter as protocol
+from release.errors import ReleaseError, did_you_mean
 
 # 'package.module:name', as a manifest names user code.
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -28,7 +29,6 @@ def import_object(spec: str, field: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         names = [n for n in dir(module) if not n.startswith("_")]
-        from release.errors import did_you_mean
         raise ReleaseError(f"{field}: module '{module_name}' has no '{attr}'.{did_you_mean(attr, names)}") from None
 
 
@@ -48,8 +48,76 @@ def build_model(model_spec, **overrides):
 
 
 def load_adapter(model_spec):
-    cls = import_object(model_spec.adapter, "model.adapter")
-    return cls(input_shape=tuple(model_spec.input_shape), **model_spec.adapter_kwargs)
+    """The manifest's adapter, created and checked against the protocol (release/adapter.py).
+
+    A user's mistake (a missing, misspelled or mis-signed method, a kwarg `__init__` does not take)
+    becomes one message naming the manifest field here, where the adapter is named, rather than an
+    AttributeError deep inside evaluation or a training step. The class is checked before it is
+    created (a wrong signature is reported even when `__init__` would fail or is slow) and the
+    instance after (`__init__` may set output_names or the methods themselves).
+    """
+    path = model_spec.adapter
+    cls = import_object(path, "model.adapter")
+    if not isinstance(cls, type):
+        raise ReleaseError(f"model.adapter {path} is {protocol.kind_of(cls)}, not a class: name the adapter class "
+                           f"('package.module:Class'), which the build creates as "
+                           f"Class(input_shape=model.input_shape, **model.adapter_kwargs); {protocol.NEEDS}.")
+    _raise_problems(path, protocol.problems(cls))
+    adapter = _create(cls, model_spec)
+    _raise_problems(path, protocol.problems(adapter))
+    return adapter
+
+
+def _raise_problems(path: str, found: list[str]) -> None:
+    """All of an adapter's problems in one message, so one edit fixes them all."""
+    if found:
+        raise ReleaseError(f"model.adapter {path} {'; '.join(found)}; {protocol.NEEDS}.")
+
+
+def _create(cls: type, model_spec) -> Any:
+    """cls(input_shape=..., **adapter_kwargs), its arguments checked against the signature first,
+    and a failing `__init__` reported with its exception and no traceback."""
+    path, kwargs, shape = model_spec.adapter, dict(model_spec.adapter_kwargs), tuple(model_spec.input_shape)
+    found = init_problems(cls, path, kwargs)
+    if found:
+        raise ReleaseError(" ".join(found))
+    try:
+        return cls(input_shape=shape, **kwargs)
+    except ReleaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's __init__ failed; say with what
+        given = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        raise ReleaseError(f"model.adapter_kwargs: {path}(input_shape={shape}{given}) failed: "
+                           f"{type(exc).__name__}: {exc}. Check model.adapter_kwargs against what its "
+                           f"__init__ accepts.") from exc
+
+
+def init_problems(cls: type, path: str, kwargs: dict) -> list[str]:
+    """model.adapter_kwargs (and the input_shape the build always passes) against the class's
+    signature: each argument it does not take (did you mean?), each it needs that is not given.
+    Nothing when the signature cannot be read (the call itself then reports)."""
+    import inspect
+
+    if "input_shape" in kwargs:
+        return ["model.adapter_kwargs: input_shape is passed from model.input_shape; remove it from "
+                "model.adapter_kwargs."]
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return []
+    kinds = inspect.Parameter
+    named = [n for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+    takes_any = any(p.kind == kinds.VAR_KEYWORD for p in params.values())
+    if "input_shape" not in named and not takes_any:
+        return [f"model.adapter {path}: __init__ takes no input_shape, which the build always passes "
+                "(model.input_shape, N, C, H, W): add an input_shape parameter."]
+    takes = f" It takes: {', '.join(named)}."
+    found = [f"model.adapter_kwargs: {path} takes no argument '{key}'.{did_you_mean(key, named)}{takes}"
+             for key in kwargs if key not in named and not takes_any]
+    found += [f"model.adapter_kwargs: {path} needs '{n}' (it has no default): add it to model.adapter_kwargs."
+              for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+              and p.default is p.empty and n != "input_shape" and n not in kwargs]
+    return found
 
 
 def sample_inputs(manifest, split: str, limit: int | None = None):
