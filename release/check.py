@@ -25,6 +25,7 @@ def run(manifest: Manifest) -> int:
     uses_model = any(stages.load(name).SPEC.uses_model for pipeline in manifest.pipelines.values()
                      for name, _ in pipeline)
     base = _build(manifest) if uses_model else None
+    _adapter(manifest)  # every variant's mAP goes through it, whatever its stages
     for variant, pipeline in manifest.pipelines.items():
         model = None  # what the current step receives: the manifest's model, or a student after distill
         for i, (name, params) in enumerate(pipeline):
@@ -65,6 +66,21 @@ def _build(manifest: Manifest):
     except Exception as exc:  # noqa: BLE001 - the user's builder failed; say where
         raise_problems(manifest, [(("model", "kwargs"), f"model.builder({spec.kwargs}) failed: "
                                                         f"{type(exc).__name__}: {exc}")])
+
+
+def _adapter(manifest: Manifest) -> None:
+    """The adapter against its protocol (release/adapter.py) and model.adapter_kwargs, located."""
+    from release.errors import ReleaseError
+    from release.usercode import load_adapter
+
+    try:
+        load_adapter(manifest.model)
+    except ReleaseError as exc:
+        message = str(exc)
+        field = "adapter_kwargs" if message.startswith("model.adapter_kwargs") else "adapter"
+        for prefix in (f"model.{field}: ", f"model.{field} "):  # the location names the field
+            message = message.removeprefix(prefix)
+        raise_problems(manifest, [(("model", field), message)])
 
 
 def _kwargs_problems(builder, name: str, kwargs: dict) -> list[tuple[tuple, str]]:

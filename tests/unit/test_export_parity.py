@@ -61,6 +61,16 @@ class BoxesAdapter:
     def __init__(self, input_shape=SHAPE) -> None:
         self.input_shape = input_shape
 
+    # The adapter protocol's methods; export's parity check runs the network only.
+    def preprocess(self, image):
+        raise NotImplementedError
+
+    def postprocess(self, outputs, meta):
+        raise NotImplementedError
+
+    def boxes_to_input(self, boxes, meta):
+        raise NotImplementedError
+
 
 def run_export(tmp_path, mode: str, **params) -> tuple[dict, list[str]]:
     spec = ModelSpec(builder=f"{__name__}:build", kwargs={"mode": mode}, adapter=f"{__name__}:BoxesAdapter",
