@@ -181,13 +181,9 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
     `keep_zeros`: keep the exact zeros of conv/linear weights (a magnitude-pruned input) at zero.
     Results are deterministic for a seed on one machine with one thread count.
     """
-    import copy
-
-    import numpy as np
     import torch
 
-    from release.atomic import atomic_file
-    from release.optim import ema_update, param_groups, usable_cpus
+    from release.optim import usable_cpus
 
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -195,75 +191,122 @@ def fit(model, data: TrainSet, p: TrainParams, loss_fn: Callable, *, resume: Pat
     key = f"{key}|{p.model_dump_json()}"
     try:
         torch.manual_seed(p.seed)
-        # channels_last: oneDNN's convolutions run ~1.3x faster on CPU in NHWC.
-        model = model.to(memory_format=torch.channels_last).train()
-        masks = sparsity_masks(model) if keep_zeros else {}
-        ema = copy.deepcopy(model).eval() if p.ema > 0 else None
-        if ema is not None:
-            for q in ema.parameters():
-                q.requires_grad_(False)
-        optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, foreach=True)
-        start, losses = 0, []
-        if resume is not None and resume.is_file():
-            try:
-                state = torch.load(resume, map_location="cpu", weights_only=True)
-                _restore(state, key, model, ema, optimizer)
-                start, losses = int(state["step"]), list(state["losses"])
-                log(f"{label}: resuming at step {start} of {p.steps} from {resume}")
-            except Exception as exc:  # noqa: BLE001 - a truncated, foreign or stale file: start over
-                log(f"{label}: ignoring the resume checkpoint {resume} ({exc}); starting from step 0")
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=p.steps, initial=start, desc=label, unit="step", dynamic_ncols=True)
-        named = dict(model.named_parameters())
-        parts: dict[str, list[float]] = {}
-        for step in range(start, p.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, p)
-            x, targets = make_batch(data, step, p)
-            x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model, x, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss["loss"].backward()
-            optimizer.step()
-            if masks:
-                with torch.no_grad():
-                    for name, mask in masks.items():
-                        named[name].mul_(mask)
-            if ema is not None:
-                # Warm-up of the decay: the first steps' weights should not linger in the average.
-                ema_update(ema, model, min(p.ema, (1 + step) / (10 + step)))
-            losses.append(float(loss["loss"].detach()))
-            for name, value in loss.items():
-                if name != "loss":
-                    parts.setdefault(name, []).append(float(value.detach()))
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step == p.steps - 1:
-                    bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", lr=f"{lr_at(step, p):.2e}")
-            done = step + 1
-            if resume is not None and (done % p.checkpoint_every == 0 or done == p.steps):
-                resume.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(resume) as handle:
-                    torch.save({"schema": RESUME_SCHEMA, "key": key, "step": done,
-                                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                                "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                                "losses": losses}, handle)
-        if bar is not None:
-            bar.close()
+        model, masks, ema, optimizer = _setup(model, p, keep_zeros)
+        start, losses = _resumed(resume, key, model, ema, optimizer, p, label, log)
+        parts = _loop(model, ema, optimizer, masks, data, p, loss_fn, start, losses,
+                      resume=resume, key=key, label=label, progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
     out = (ema if ema is not None else model).eval()
+    return out, _facts(p, data, start, losses, parts, started, len(masks))
+
+
+def _setup(model, p: TrainParams, keep_zeros: bool):
+    """(the model in channels_last training mode, the zero masks to keep, its EMA copy, AdamW)."""
+    import copy
+
+    import torch
+
+    from release.optim import param_groups
+
+    # channels_last: oneDNN's convolutions run faster on CPU in NHWC (see docs/benchmarks.md).
+    model = model.to(memory_format=torch.channels_last).train()
+    masks = sparsity_masks(model) if keep_zeros else {}
+    ema = copy.deepcopy(model).eval() if p.ema > 0 else None
+    if ema is not None:
+        for q in ema.parameters():
+            q.requires_grad_(False)
+    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, foreach=True)
+    return model, masks, ema, optimizer
+
+
+def _resumed(resume: Path | None, key: str, model, ema, optimizer, p: TrainParams, label: str, log) -> tuple[int, list]:
+    """(the step to start at, the losses so far): from the resume file when it is this run's."""
+    import torch
+
+    if resume is None or not resume.is_file():
+        return 0, []
+    try:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        _restore(state, key, model, ema, optimizer)
+        start, losses = int(state["step"]), list(state["losses"])
+        log(f"{label}: resuming at step {start} of {p.steps} from {resume}")
+        return start, losses
+    except Exception as exc:  # noqa: BLE001 - a truncated, foreign or stale file: start over
+        log(f"{label}: ignoring the resume checkpoint {resume} ({exc}); starting from step 0")
+        return 0, []
+
+
+def _loop(model, ema, optimizer, masks, data, p: TrainParams, loss_fn, start: int, losses: list, *,
+          resume: Path | None, key: str, label: str, progress: bool) -> dict[str, list[float]]:
+    """The optimizer steps from `start`; appends to `losses`, returns the named loss parts."""
+    import numpy as np
+    import torch
+
+    from release.optim import ema_update
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=p.steps, initial=start, desc=label, unit="step", dynamic_ncols=True)
+    named = dict(model.named_parameters())
+    parts: dict[str, list[float]] = {}
+    for step in range(start, p.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, p)
+        x, targets = make_batch(data, step, p)
+        x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model, x, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss["loss"].backward()
+        optimizer.step()
+        if masks:
+            with torch.no_grad():
+                for name, mask in masks.items():
+                    named[name].mul_(mask)
+        if ema is not None:
+            # Warm-up of the decay: the first steps' weights should not linger in the average.
+            ema_update(ema, model, min(p.ema, (1 + step) / (10 + step)))
+        losses.append(float(loss["loss"].detach()))
+        for name, value in loss.items():
+            if name != "loss":
+                parts.setdefault(name, []).append(float(value.detach()))
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == p.steps - 1:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", lr=f"{lr_at(step, p):.2e}")
+        done = step + 1
+        if resume is not None and (done % p.checkpoint_every == 0 or done == p.steps):
+            _checkpoint(resume, key, done, model, ema, optimizer, losses)
+    if bar is not None:
+        bar.close()
+    return parts
+
+
+def _checkpoint(resume: Path, key: str, done: int, model, ema, optimizer, losses: list) -> None:
+    import torch
+
+    from release.atomic import atomic_file
+
+    resume.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(resume) as handle:
+        torch.save({"schema": RESUME_SCHEMA, "key": key, "step": done,
+                    "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                    "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                    "losses": losses}, handle)
+
+
+def _facts(p: TrainParams, data, start: int, losses: list, parts: dict, started: float, kept_sparse: int) -> dict:
+    import numpy as np
+
     window = max(1, min(20, len(losses) // 4))  # single-batch losses are noisy: means over a window
     curve_at = sorted({int(i) for i in np.linspace(0, len(losses) - 1, num=min(len(losses), 20))})
-    facts = {
+    return {
         "steps": p.steps, "resumed_from": start, "images": len(data),
         "loss_start": float(np.mean(losses[:window])), "loss_final": float(np.mean(losses[-window:])),
         "loss_curve": [[i, round(float(np.mean(losses[max(0, i - window + 1): i + 1])), 5)] for i in curve_at],
         "loss_parts_final": {k: float(np.mean(v[-window:])) for k, v in parts.items()},
         "seconds_per_step": round((time.perf_counter() - started) / max(1, p.steps - start), 4),
-        "kept_sparse": len(masks),
+        "kept_sparse": kept_sparse,
     }
-    return out, facts
