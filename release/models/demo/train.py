@@ -134,6 +134,30 @@ def _checkpoint(model, ema, optimizer, scheduler, *, step: int, epoch: int, hpar
     }
 
 
+def _optimizer(model, lr: float, steps: int):
+    """AdamW with a one-cycle schedule (warm-up over the first 15% of the steps)."""
+    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=lr, foreach=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15,
+                                                    div_factor=20.0, final_div_factor=50.0)
+    return optimizer, scheduler
+
+
+def _batches(inputs, boxes, labels, batch_size: int, steps: int, rng):
+    """`steps` augmented batches (x as channels_last, targets) from epoch-wise shuffles: every image
+    is seen once before any is seen twice."""
+    order = np.zeros(0, dtype=np.int64)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(len(inputs))])
+        idx, order = order[:batch_size], order[batch_size:]
+        batch, targets = [], []
+        for i in idx:
+            x, b = _augment(inputs[i], boxes[i], rng)
+            batch.append(x)
+            targets.append({"boxes": b, "labels": labels[i]})
+        yield torch.from_numpy(np.stack(batch)).contiguous(memory_format=torch.channels_last), targets
+
+
 def train(data_dir: Path, out_ckpt: Path, *, num_classes: int = 3, width: float = 1.0, image_size: int = 128,
           steps: int = 1600, batch_size: int = 16, lr: float = 1.2e-2, seed: int = 0, progress: bool = True) -> dict:
     """Train on `data_dir/train` and write a Lightning-style checkpoint atomically to `out_ckpt`."""
@@ -145,14 +169,12 @@ def train(data_dir: Path, out_ckpt: Path, *, num_classes: int = 3, width: float 
         rng = np.random.default_rng(seed)
         adapter = Adapter(input_shape=(1, 3, image_size, image_size))
         inputs, boxes, labels = _load(data_dir, adapter)
-        # channels_last: oneDNN's convolutions run ~1.3x faster on CPU in NHWC.
+        # channels_last: oneDNN's convolutions run faster on CPU in NHWC (docs/benchmarks.md).
         model = build(num_classes, width, aux_head=True).to(memory_format=torch.channels_last)
         ema = copy.deepcopy(model).eval()
         for p in ema.parameters():
             p.requires_grad_(False)
-        optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=lr, foreach=True)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15,
-                                                        div_factor=20.0, final_div_factor=50.0)
+        optimizer, scheduler = _optimizer(model, lr, steps)
         ema_decay = 0.99
         losses: list[float] = []
         bar = None
@@ -160,19 +182,8 @@ def train(data_dir: Path, out_ckpt: Path, *, num_classes: int = 3, width: float 
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
-        order = np.zeros(0, dtype=np.int64)
         model.train()
-        for step in range(steps):
-            # Epoch-wise shuffles: every image is seen once before any is seen twice.
-            if len(order) < batch_size:
-                order = np.concatenate([order, rng.permutation(len(inputs))])
-            idx, order = order[:batch_size], order[batch_size:]
-            batch, targets = [], []
-            for i in idx:
-                x, b = _augment(inputs[i], boxes[i], rng)
-                batch.append(x)
-                targets.append({"boxes": b, "labels": labels[i]})
-            x = torch.from_numpy(np.stack(batch)).contiguous(memory_format=torch.channels_last)
+        for step, (x, targets) in enumerate(_batches(inputs, boxes, labels, batch_size, steps, rng)):
             outputs = model.forward_train(x)
             loss = adapter.loss(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
