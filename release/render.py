@@ -175,9 +175,9 @@ def _budgets(report: Report, row: VariantRow) -> str:
 
 
 def _provenance(row: VariantRow, lock: dict) -> str:
-    source = lock["source"]
+    source, notes = lock["source"], provenance_notes(row.stage_facts)
     return f"""## Provenance
-{provenance_notes(row.stage_facts)}- Source checkpoint `{source['checkpoint']}` (sha256 `{source['sha256'][:16]}…`), format
+{notes}- Source checkpoint `{source['checkpoint']}` (sha256 `{source['sha256'][:16]}…`), format
   `{source['format']}`, trusted pickle loading: **{source['trusted']}**.
 - Evaluated on `{lock['data'].get('eval', {}).get('annotations', '?')}`.
 - Tools: {', '.join(f'{k} {v}' for k, v in lock['tools'].items())}.

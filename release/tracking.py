@@ -94,8 +94,8 @@ def track(job: dict, log=print) -> dict:
     local = local_store(uri)
     digest = file_sha256(Path(job["report"]))
     # Provenance is taken now, when the build ran, not when a queued build is finally uploaded.
-    snapshot = {"report": Report.read(Path(job["report"])).dump(), "manifest_sha256": file_sha256(Path(job["manifest"])),
-                "git_commit": git_commit(Path(job["root"]))}
+    snapshot = {"report": Report.read(Path(job["report"])).dump(),
+                "manifest_sha256": file_sha256(Path(job["manifest"])), "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
     queue_problem = None
     if why is None:

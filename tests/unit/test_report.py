@@ -146,7 +146,8 @@ def _gate_job(tmp_path: Path) -> dict:
     m = tmp_path / "measure"
     strip_facts = {"bytes_before": 3_000_000, "parameters": 150_000, "from_builder": ["head.bias"]}
     export_facts = {"parameters": 149_000, "macs": 4_500_000, "sparsity": 0.0}
-    fp32 = [_record(tmp_path, "strip", 0, strip_facts, {"dtype": "stored"}), _record(tmp_path, "export", 1, export_facts)]
+    fp32 = [_record(tmp_path, "strip", 0, strip_facts, {"dtype": "stored"}),
+            _record(tmp_path, "export", 1, export_facts)]
     int8 = fp32 + [_record(tmp_path, "quantize", 2, {"mode": "dynamic", "float_nodes": []}, {"mode": "dynamic"})]
     files = {}
     for name, records, size, ms, mAP in (("fp32", fp32, 0.6, 5.0, 0.5), ("int8", int8, 0.2, 4.0, 0.48)):
