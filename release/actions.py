@@ -232,56 +232,52 @@ def report_is_current(path: str, key: str) -> bool:
         return False
 
 
-def _last_fact(records: list[dict], key: str):
-    """A fact from the last stage that records it (export counts the MACs of what it exports)."""
-    return next((r["facts"][key] for r in reversed(records) if key in r.get("facts", {})), None)
-
-
 @guarded
 def gate(job: dict) -> None:
     from release import gate as gates
-
-    rows = {}
-    for name, v in job["variants"].items():
-        size, acc, lat = read_json(Path(v["size"])), read_json(Path(v["map"])), read_json(Path(v["latency"]))
-        records = [read_json(Path(r)) for r in v["records"]]
-        row = {
-            "fingerprint": v["fingerprint"], "artifact": v["artifact"],
-            "stages": [{"stage": r["stage"], "params": r["params"], "fingerprint": r["fingerprint"],
-                        "tools": r.get("tools", {})} for r in records],
-            "size_mb": size["size_mb"], "bytes": size["bytes"], "latency_ms": lat["p50_ms"],
-            "latency_p90_ms": lat["p90_ms"], "latency": lat, "map": acc["map"], "map50": acc["map50"],
-            "zipped_mb": size.get("zipped_mb"),
-            "parameters": _last_fact(records, "parameters"), "macs": _last_fact(records, "macs"),
-            "sparsity": _last_fact(records, "sparsity"),
-            "source_bytes": records[0]["facts"].get("bytes_before") if records else None,
-            "stage_facts": {f"{i}.{r['stage']}": r["facts"] for i, r in enumerate(records)},
-        }
-        row["checks"] = gates.judge(row, job["budget"])
-        row["pass"] = all(c["pass"] for c in row["checks"])
-        rows[name] = row
-    provenance = gates.latency_provenance(rows, job["target"])
-    report = {
-        "schema_version": RECORD_SCHEMA, "key": job["key"], "name": job["name"], "version": job["version"],
-        "target": job["target"], "budget": job["budget"], "select": job["select"],
-        "latency_provenance": provenance, "variants": rows,
-    }
-    report["selected"] = gates.select(rows, job["select"])
-    report["passed"] = report["selected"] is not None
-    write_json(Path(job["report"]), report)
+    from release import render
     from release.atomic import write_text
 
-    write_text(Path(job["report_md"]), gates.markdown(report))
+    report = gates.build(job)
+    report.write(Path(job["report"]))
+    write_text(Path(job["report_md"]), render.markdown(report))
+    # The final summary of every build, rendered now: a no-op build prints it without loading the
+    # typed report or a stage (pydantic stays off the no-op path).
+    from release.fingerprint import file_sha256
+
+    write_json(_summary_file(job), {"report_sha256": file_sha256(Path(job["report"])), "table": render.table(report),
+                                    "missed": render.missed(report)})
+
+
+def _summary_file(job: dict) -> Path:
+    return Path(job["report"]).with_name("summary.json")
+
+
+def _summary(job: dict) -> dict:
+    """The gate's rendered summary of this very report.json; rendered again when it is not."""
+    from release.fingerprint import file_sha256
+
+    try:
+        summary = read_json(_summary_file(job))
+        if summary["report_sha256"] == file_sha256(Path(job["report"])):
+            return summary
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from release import render
+    from release.report import Report
+
+    report = Report.read(Path(job["report"]))
+    return {"table": render.table(report), "missed": render.missed(report)}
 
 
 @guarded
 def publish(job: dict) -> None:
     from release import publish as pub
-
     from release.fingerprint import file_sha256
+    from release.report import Report
 
-    report = read_json(Path(job["report"]))
-    result = pub.publish(report, job, log=_log) if report["selected"] else {"published": None}
+    report = Report.read(Path(job["report"]))
+    result = pub.publish(report, job, log=_log) if report.selected else {"published": None}
     write_json(Path(job["out"]), {**result, "report_sha256": file_sha256(Path(job["report"]))})
 
 
@@ -314,12 +310,16 @@ def show_result(job: dict):
     """The last word of every build: the gate table, and a failure when nothing passed."""
     from doit.exceptions import TaskFailed
 
-    from release import gate as gates
-
-    report = read_json(Path(job["report"]))
-    print(gates.table(report))
+    try:
+        report = read_json(Path(job["report"]))
+        summary = _summary(job)
+    except (OSError, ValueError) as exc:
+        return TaskFailed(f"{job['report']}: unreadable ({exc}); run the build again.")
+    except ReleaseError as exc:
+        return TaskFailed(str(exc))
+    print(summary["table"])
     if not report["passed"]:
-        return TaskFailed(f"no variant of {report['name']} meets its budgets:\n{gates.missed(report)}\n"
+        return TaskFailed(f"no variant of {report['name']} meets its budgets:\n{summary['missed']}\n"
                           f"(report: {job['report']})")
     from release.publish import verify
 

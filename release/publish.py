@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from release import __version__
 from release.atomic import atomic_dir, write_json, write_text
 from release.fingerprint import HashCache, digest, file_sha256, tool_versions
 from release.plan import relative
 
+if TYPE_CHECKING:  # the typed report (pydantic) loads in the action: is_current stays light
+    from release.report import Report, VariantRow
+
 LOCK_SCHEMA = 1
 MEASURE_TOOLS = ("onnxruntime", "pycocotools")  # what size, latency and mAP are measured with
 
 
-def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
+def _lock(report: Report, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
     data = {}
     for split in ("train", "calibration", "eval"):
         ref = getattr(manifest.data, split)
@@ -33,10 +37,10 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
                            "images": relative(ref.images, Path(job["root"])),
                            "images_sha256": hashes.split(ref.annotations, ref.images), "limit": ref.limit}
     source = manifest.source
-    row = report["variants"][report["selected"]]
+    row = report.release
     return {
-        "schema_version": LOCK_SCHEMA, "name": report["name"], "version": report["version"],
-        "variant": report["selected"], "fingerprint": report["variants"][report["selected"]]["fingerprint"],
+        "schema_version": LOCK_SCHEMA, "name": report.name, "version": report.version,
+        "variant": report.selected, "fingerprint": row.fingerprint,
         "model_sha256": file_sha256(model),
         "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
                    "format": source.format, "trusted": source.trusted, "strict": source.strict,
@@ -44,92 +48,22 @@ def _lock(report: dict, job: dict, manifest, hashes: HashCache, model: Path) -> 
         "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},
         "data": data,
         # The tools of the variant's own stages (as they recorded them), and those the measurements use.
-        "tools": {**{k: v for s in row["stages"] for k, v in s.get("tools", {}).items()},
+        "tools": {**{k: v for s in row.stages for k, v in s.tools.items()},
                   **tool_versions(MEASURE_TOOLS), "release": __version__},
     }
-
-
-def _sparsity_row(row: dict) -> str:
-    from release.gate import SPARSE
-
-    if (row.get("sparsity") or 0) < SPARSE:
-        return ""
-    zipped = f"zipped {row['zipped_mb']:.3f} MB; " if row.get("zipped_mb") is not None else ""
-    return (f"| zeros among conv/linear weights | {row['sparsity']:.1%} ({zipped}the dense file does not "
-            f"shrink from sparsity alone) |\n")
-
-
-def _strip_notes(stage_facts: dict) -> str:
-    """Model-card lines for weights that did not come from the checkpoint (strict: false)."""
-    lines = []
-    for facts in stage_facts.values():
-        filled = facts.get("from_builder") or []
-        if filled:
-            lines.append(f"- **Not from the checkpoint**: {len(filled)} parameter(s) kept the builder's "
-                         f"initialisation (`source.strict: false`, `allow_missing`): {', '.join(filled)}.")
-    return "\n".join(lines)
-
-
-def _stage_sections(row: dict) -> str:
-    """The model card's sections written by the variant's stages (their describe hooks)."""
-    from release.gate import descriptions
-
-    return "".join(f"## {d.title}\n{d.summary}\n\n{d.card}" for d in descriptions(row) if d.title)
-
-
-def _card(report: dict, lock: dict) -> str:
-    name = report["selected"]
-    row = report["variants"][name]
-    lat = row["latency"]
-    pipeline = " -> ".join(
-        s["stage"] + (f"({', '.join(f'{k}={v}' for k, v in s['params'].items())})" if s["params"] else "")
-        for s in row["stages"])
-    checks = "\n".join(f"| {c['label']} | {c['value']:.4g} {c['unit']} | {'<=' if c['direction'] == 'max' else '>='} "
-                       f"{c['limit']:.4g} | {c['margin']:+.4g} | {'pass' if c['pass'] else 'FAIL'}"
-                       f"{' (' + c['reason'] + ')' if c.get('reason') else ''} |"
-                       for c in row["checks"]) or "| (no budgets) | | | | |"
-    return f"""# {report['name']} {report['version']} — model card
-
-Variant **{name}**, selected by `{report['select']}` among {len(report['variants'])} variants.
-Pipeline: `{pipeline}`. Fingerprint `{row['fingerprint'][:16]}`.
-
-## Figures (measured on `model.onnx` in this folder)
-| figure | value |
-|---|---|
-| size | {row['size_mb']:.3f} MB ({row['bytes']} bytes) |
-| latency p50 / p90 | {lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} ms ({lat['runs']} runs, CV {lat['cv']:.2f}) |
-| COCO mAP@[.5:.95] / mAP@.5 | {row['map']:.4f} / {row['map50']:.4f} |
-| parameters | {row['parameters']} |
-| multiply-accumulates per image | {f"{row['macs'] / 1e6:.1f} M" if row.get('macs') else 'not counted'} |
-{_sparsity_row(row)}
-Latency provenance: **{lat['provenance']}** — {report['latency_provenance']}.
-{('Note: ' + lat['note']) if lat.get('note') else ''}
-
-{_stage_sections(row)}## Budgets ({report['target']['name']})
-| budget | figure | limit | margin | result |
-|---|---|---|---|---|
-{checks}
-
-## Provenance
-{_strip_notes(row.get('stage_facts', {})) + chr(10) if _strip_notes(row.get('stage_facts', {})) else ''}- Source checkpoint `{lock['source']['checkpoint']}` (sha256 `{lock['source']['sha256'][:16]}…`), format
-  `{lock['source']['format']}`, trusted pickle loading: **{lock['source']['trusted']}**.
-- Evaluated on `{lock['data'].get('eval', {}).get('annotations', '?')}`.
-- Tools: {', '.join(f'{k} {v}' for k, v in lock['tools'].items())}.
-- Full hashes in `release.lock`.
-"""
 
 
 BUNDLE_FILES = ("model.onnx", "metrics.json", "MODEL_CARD.md")
 
 
-def _metrics(report: dict, name: str) -> dict:
+def _metrics(report: Report, name: str) -> dict:
+    """metrics.json: the released variant's figures and checks, as report.json has them."""
     import json
 
-    row = report["variants"][name]
-    metrics = {"name": report["name"], "version": report["version"], "variant": name,
+    row = report.variants[name].dump()
+    metrics = {"name": report.name, "version": report.version, "variant": name,
                **{k: row[k] for k in ("size_mb", "bytes", "latency_ms", "latency_p90_ms", "map", "map50",
-                                      "parameters", "checks", "latency")},
-               "macs": row.get("macs"), "zipped_mb": row.get("zipped_mb")}
+                                      "parameters", "checks", "latency", "macs", "zipped_mb")}}
     return json.loads(json.dumps(metrics, default=str))  # as it reads back from metrics.json
 
 
@@ -171,20 +105,20 @@ def is_current(job: dict) -> bool:
     return verify(Path(job["release_dir"]))[1] is None
 
 
-def _verified_artifact(row: dict, root: Path) -> Path:
+def _verified_artifact(row: VariantRow, root: Path) -> Path:
     """The selected variant's ONNX file, checked against the hash its stage recorded."""
     from release.errors import ReleaseError
     from release.actions import committed_record
 
-    artifact = root / row["artifact"]  # report paths are relative to the project root
-    if committed_record(artifact.parent, row["fingerprint"]) is None:
+    artifact = root / row.artifact  # report paths are relative to the project root
+    if committed_record(artifact.parent, row.fingerprint) is None:
         raise ReleaseError(f"{artifact}: does not match the hash its stage recorded in "
                            f"{artifact.parent / 'stage.json'} (damaged or edited after it was built); "
                            f"it was not published. Delete {artifact.parent} and run the build again.")
     return artifact
 
 
-def publish(report: dict, job: dict, log=print) -> dict:
+def publish(report: Report, job: dict, log=print) -> dict:
     """Write the bundle of the selected variant, or confirm the one already there.
 
     A published version never changes: an intact bundle with other content is refused (bump
@@ -195,9 +129,8 @@ def publish(report: dict, job: dict, log=print) -> dict:
     from release.errors import ReleaseError
 
     root = Path(job["root"])
-    name = report["selected"]
-    row = report["variants"][name]
-    source = _verified_artifact(row, root)
+    name = report.selected
+    source = _verified_artifact(report.release, root)
     model_sha, metrics = file_sha256(source), _metrics(report, name)
     dest = Path(job["release_dir"])
     result = {"published": relative(dest, root), "variant": name, "model_sha256": model_sha,
@@ -226,15 +159,17 @@ def publish(report: dict, job: dict, log=print) -> dict:
         shutil.copyfile(source, tmp / "model.onnx")
         lock = _lock(report, job, manifest, hashes, tmp / "model.onnx")
         write_json(tmp / "metrics.json", metrics)
-        write_text(tmp / "MODEL_CARD.md", _card(report, lock))
+        from release import render
+
+        write_text(tmp / "MODEL_CARD.md", render.card(report, lock))
         lock["files"] = {f: file_sha256(tmp / f) for f in BUNDLE_FILES}
         write_json(tmp / "release.lock", lock)
     hashes.save()
     return result
 
 
-def version_name(report: dict) -> str:
-    return f"{report['name']} {report['version']}"
+def version_name(report: Report) -> str:
+    return f"{report.name} {report.version}"
 
 
 def _read_or_none(path: Path):
@@ -246,7 +181,7 @@ def _read_or_none(path: Path):
         return None
 
 
-def _immutable(dest: Path, report: dict, lock: dict, model_sha: str, metrics: dict) -> str:
+def _immutable(dest: Path, report: Report, lock: dict, model_sha: str, metrics: dict) -> str:
     published = _read_or_none(dest / "metrics.json") or {}
     if lock.get("model_sha256") != model_sha:
         what = (f"it holds variant {lock.get('variant')!r} (model sha256 {str(lock.get('model_sha256'))[:12]}…); "

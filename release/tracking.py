@@ -26,63 +26,26 @@ be so at once, never "unreachable", and never fails the build unless tracking.re
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
-from urllib.parse import urlparse
 
-from release import gate
 from release.atomic import read_json, write_json
 from release.errors import ReleaseError
 from release.fingerprint import file_sha256
-from release.tracking_store import StoreProblem, _file_store_id, _no_sqlite_retries, _open_sqlite, _os_reason, _reason
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the typed report (pydantic) loads in the action, never on a no-op plan
+    from release.report import Report
+from release.tracking_store import (  # noqa: F401 - the URI helpers are tracking's API too (tasks.py)
+    StoreProblem, _client, _file_store_id, _import_mlflow, _no_sqlite_retries, _open_sqlite, _os_reason, _reason,
+    embedded_artifacts, embedded_uri, local_store, resolve_uri, sqlite_path, store_key, unreachable)
 
 LEDGER_SCHEMA = 1
 
 
 # ---------------------------------------------------------------- cheap: no mlflow import
-
-def embedded_uri(root: Path) -> str:
-    """The project's own store: SQLite under artifacts/mlflow/."""
-    return f"sqlite:///{Path(root) / 'artifacts' / 'mlflow' / 'mlflow.db'}"
-
-
-def resolve_uri(job: dict) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or job.get("uri") or embedded_uri(job["root"])
-
-
-def embedded_artifacts(job: dict) -> Path:
-    return Path(job["root"]) / "artifacts" / "mlflow" / "artifacts"
-
-
-def store_key(job: dict) -> str:
-    """The ledger's name for the store: the embedded one moves with the project folder."""
-    uri = resolve_uri(job)
-    return "embedded" if uri == embedded_uri(job["root"]) else uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a SQLite store URI (sqlite:///relative or sqlite:////absolute), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    rest = uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(rest) if rest and rest != ":memory:" else None
-
-
-def local_store(uri: str) -> Path | None:
-    """Where a store on this machine lives (a SQLite file, a file store folder), else None."""
-    db = sqlite_path(uri)
-    if db is not None:
-        return db
-    scheme = urlparse(uri).scheme
-    if scheme == "file":
-        return Path(urlparse(uri).path)
-    if scheme == "" and not uri.startswith(("databricks", "uc")):
-        return Path(uri)
-    return None
-
 
 def _empty_store() -> dict:
     return {"builds": {}, "variants": {}, "models": {}}
@@ -116,20 +79,6 @@ def is_uptodate(job: dict) -> bool:
     return True
 
 
-def unreachable(uri: str, timeout: float = 3.0) -> str | None:
-    """Why a tracking server cannot be reached, or None. Local stores are always reachable."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            return None if response.status == 200 else f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", exc))
-
-
 def git_commit(root: Path) -> str | None:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -137,57 +86,6 @@ def git_commit(root: Path) -> str | None:
     except OSError:
         return None
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def flat_params(row: dict, target: dict) -> dict[str, str]:
-    """Stage params in pipeline order, e.g. '2.quantize.mode', and the target."""
-    params = {f"target.{k}": str(v) for k, v in target.items()}
-    for i, stage in enumerate(row["stages"]):
-        params[f"{i}.{stage['stage']}"] = stage["fingerprint"][:16]
-        for key, value in stage["params"].items():
-            params[f"{i}.{stage['stage']}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return params
-
-
-def baseline(report: dict) -> str | None:
-    """The fp32 baseline (release.gate.baseline)."""
-    return gate.baseline(report["variants"])
-
-
-def variant_metrics(report: dict, name: str) -> dict[str, float]:
-    row = report["variants"][name]
-    metrics = {"size_mb": row["size_mb"], "latency_p50_ms": row["latency_ms"],
-               "latency_p90_ms": row["latency_p90_ms"], "map": row["map"], "map50": row["map50"]}
-    if row["latency"].get("cv") is not None:
-        metrics["latency_cv"] = float(row["latency"]["cv"])
-    base = baseline(report)
-    if base is not None:
-        metrics["map_delta_vs_fp32"] = row["map"] - report["variants"][base]["map"]
-    if row.get("source_bytes"):
-        metrics["compression_ratio"] = row["source_bytes"] / row["bytes"]
-    for key in ("parameters", "macs", "sparsity", "zipped_mb"):
-        if row.get(key) is not None:
-            metrics[key] = float(row[key])
-    return metrics
-
-
-def variant_tags(report: dict, name: str) -> dict[str, str]:
-    row = report["variants"][name]
-    lat = row["latency"]
-    tags = {"fingerprint": row["fingerprint"], "variant": name, "target": report["target"]["name"],
-            "runner": lat["runner"], "latency_provenance": lat["provenance"],
-            "latency_cpu": str(lat.get("cpu") or lat.get("host_cpu")), "latency_onnxruntime": str(lat.get("onnxruntime")),
-            "latency_noisy": str(bool(lat.get("noisy"))).lower(),
-            "release.pass": "pass" if row["pass"] else "fail"}
-    for check in row["checks"]:
-        tags[f"budget.{check['budget']}"] = "pass" if check["pass"] else "fail"
-    return tags
-
-
-def variant_key(name: str, row: dict) -> str:
-    """What makes a variant's run: its fingerprint and its measured figures."""
-    figures = {k: row[k] for k in ("fingerprint", "size_mb", "latency_ms", "latency_p90_ms", "map", "map50")}
-    return hashlib.sha256(json.dumps([name, figures], sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- the tracking action
@@ -198,8 +96,10 @@ def track(job: dict, log=print) -> dict:
     local = local_store(uri)
     digest = file_sha256(Path(job["report"]))
     # Provenance is taken now, when the build ran, not when a queued build is finally uploaded.
-    snapshot = {"report": read_json(Path(job["report"])), "manifest_sha256": file_sha256(Path(job["manifest"])),
-                "git_commit": git_commit(Path(job["root"]))}
+    from release.report import Report
+
+    snapshot = {"report": Report.read(Path(job["report"])).dump(),
+                "manifest_sha256": file_sha256(Path(job["manifest"])), "git_commit": git_commit(Path(job["root"]))}
     why = unreachable(uri)
     queue_problem = None
     if why is None:
@@ -286,7 +186,6 @@ def _upload(job: dict, uri: str, digest: str, snapshot: dict, log) -> dict:
 
 
 def _upload_to(client, job: dict, uri: str, digest: str, snapshot: dict, store: dict, save, log) -> dict:
-
     uploaded = 0
     for path in _queue(job):  # oldest first, so the experiment shows builds in the order they ran
         queued_digest = path.stem.split("-", 1)[1]
@@ -303,16 +202,18 @@ def _upload_to(client, job: dict, uri: str, digest: str, snapshot: dict, store: 
         _close_cut_off(client, store, pid)
         del store["partial"][lost]
         save()
-    report = snapshot["report"]
-    selected = report["selected"]
-    if selected:
-        fingerprint = report["variants"][selected]["fingerprint"]
+    from release.report import Report
+    from release.tracking_report import variant_key
+
+    report = Report.model_validate(snapshot["report"])
+    if report.selected:
+        fingerprint = report.release.fingerprint
         if fingerprint not in store["models"]:
-            run_id = store["variants"][variant_key(selected, report["variants"][selected])]
+            run_id = store["variants"][variant_key(report.selected, report.release)]
             store["models"][fingerprint] = _register(job, report, run_id)
             save()
         # The alias follows the current release, also back to a version registered earlier.
-        client.set_registered_model_alias(report["name"], job.get("alias", "candidate"), store["models"][fingerprint])
+        client.set_registered_model_alias(report.name, job.get("alias", "candidate"), store["models"][fingerprint])
     log(f"tracking: {uploaded} build(s) logged to {uri}")
     return {"uploaded": uploaded, "pending": 0}
 
@@ -320,26 +221,6 @@ def _upload_to(client, job: dict, uri: str, digest: str, snapshot: dict, store: 
 def _next_index(job: dict) -> int:
     queue = _queue(job)
     return int(queue[-1].name.split("-", 1)[0]) + 1 if queue else 0
-
-
-def _import_mlflow():
-    import logging
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    import mlflow
-
-    for name in ("mlflow", "alembic"):  # after the import: mlflow configures its loggers on import
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return mlflow
-
-
-def _client(uri: str):
-    """The client (for a SQLite store this opens the file: _open_sqlite has made it ready)."""
-    mlflow = _import_mlflow()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _experiment(client, job: dict, name: str) -> str:
@@ -355,72 +236,99 @@ def _experiment(client, job: dict, name: str) -> str:
 
 
 def _log_build(client, job: dict, snapshot: dict, store: dict, digest: str, save) -> None:
-    import tempfile
+    """One build: its parent run, a child per variant not logged before, the parent's artifacts."""
     import time
 
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
-    report = snapshot["report"]
+    from release.report import Report
+
+    report = Report.model_validate(snapshot["report"])
     now = int(time.time() * 1000)
-    experiment = _experiment(client, job, report["name"])
-    verdict = "pass" if report["passed"] else "fail"
-    parent_tags = {"release.version": report["version"], "release.verdict": verdict,
-                   "release.selected": report["selected"] or "", "manifest.sha256": snapshot["manifest_sha256"],
-                   "report.sha256": digest, "target": report["target"]["name"]}
-    if snapshot.get("git_commit"):
-        parent_tags["mlflow.source.git.commit"] = snapshot["git_commit"]
+    experiment = _experiment(client, job, report.name)
     partial = store.setdefault("partial", {})
     # A parent created by an upload that was cut off: finish that one. The ledger names it, or, if
     # the build was killed between MLflow creating it and the ledger being saved, its tags do.
     pid = partial.get(digest) or _running_parent(client, experiment, digest)
     orphans = _running_children(client, experiment, pid, store) if pid else {}
     if pid is None:
-        pid = client.create_run(experiment, run_name=f"{report['name']} {report['version']} build",
-                                tags=parent_tags).info.run_id
+        pid = client.create_run(experiment, run_name=f"{report.name} {report.version} build",
+                                tags=_parent_tags(report, snapshot, digest)).info.run_id
     if partial.get(digest) != pid:
         partial[digest] = pid
         save()
-    runs: dict[str, dict] = {}
-    for name, row in report["variants"].items():
-        key = variant_key(name, row)
-        run_id = store["variants"].get(key)
-        incomplete = store.setdefault("incomplete", [])
-        if run_id is None:
-            run_id = orphans.pop((name, row["fingerprint"]), None) or client.create_run(
-                experiment, run_name=name, tags={**variant_tags(report, name), "mlflow.parentRunId": pid}).info.run_id
-            store["variants"][key] = run_id
-            incomplete.append(run_id)
-            save()
-        if run_id in incomplete:  # new, or created by an upload that was cut off: (re)log it all
-            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(row, report["target"]).items()],
-                             metrics=[Metric(k, float(v), now, 0) for k, v in variant_metrics(report, name).items()])
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "metrics.json"
-                path.write_text(json.dumps({"variant": name, **row}, indent=2, default=str))
-                client.log_artifact(run_id, str(path))
-            client.set_terminated(run_id, "FINISHED")
-            incomplete.remove(run_id)
-            save()
-            runs[name] = {"run_id": run_id, "reused": False, "pass": row["pass"]}
-        else:
-            # The run keeps the tags of the build that measured it; this build's verdict for it
-            # lives on this build's parent (variants.json), so history is never rewritten.
-            client.set_tag(pid, f"reused.{name}", run_id)
-            runs[name] = {"run_id": run_id, "reused": True, "pass": row["pass"]}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "report.md").write_text(gate.markdown(report))
-        (folder / "variants.json").write_text(json.dumps(runs, indent=2))
-        write_pareto(report, folder / "pareto.png")
-        for item in folder.iterdir():
-            client.log_artifact(pid, str(item))
-    client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r["pass"] for r in report["variants"].values())),
+    runs = {name: _log_variant(client, report, name, experiment, pid, orphans, store, save, now)
+            for name in report.variants}
+    _log_parent_artifacts(client, report, runs, pid)
+    client.log_batch(pid, metrics=[Metric("variants_passing", float(sum(r.passed for r in report.variants.values())),
                                           now, 0)])
     for run_id in orphans.values():  # created by the killed upload for a variant not in this report
         client.set_terminated(run_id, "KILLED")
     client.set_terminated(pid, "FINISHED")
     store["builds"][digest] = partial.pop(digest)
     save()
+
+
+def _parent_tags(report: Report, snapshot: dict, digest: str) -> dict[str, str]:
+    tags = {"release.version": report.version, "release.verdict": "pass" if report.passed else "fail",
+            "release.selected": report.selected or "", "manifest.sha256": snapshot["manifest_sha256"],
+            "report.sha256": digest, "target": report.target["name"]}
+    if snapshot.get("git_commit"):
+        tags["mlflow.source.git.commit"] = snapshot["git_commit"]
+    return tags
+
+
+def _log_variant(client, report: Report, name: str, experiment: str, pid: str, orphans: dict, store: dict, save,
+                 now: int) -> dict:
+    """The variant's run: new (or left incomplete by a cut-off upload) is logged in full; one whose
+    fingerprint and figures were logged before is reused and named on this build's parent."""
+    import tempfile
+
+    from mlflow.entities import Metric, Param
+
+    row = report.variants[name]
+    from release.tracking_report import flat_params, variant_key, variant_metrics, variant_record, variant_tags
+
+    key = variant_key(name, row)
+    run_id = store["variants"].get(key)
+    incomplete = store.setdefault("incomplete", [])
+    if run_id is None:
+        run_id = orphans.pop((name, row.fingerprint), None) or client.create_run(
+            experiment, run_name=name, tags={**variant_tags(report, name), "mlflow.parentRunId": pid}).info.run_id
+        store["variants"][key] = run_id
+        incomplete.append(run_id)
+        save()
+    if run_id not in incomplete:
+        # The run keeps the tags of the build that measured it; this build's verdict for it lives
+        # on this build's parent (variants.json), so history is never rewritten.
+        client.set_tag(pid, f"reused.{name}", run_id)
+        return {"run_id": run_id, "reused": True, "pass": row.passed}
+    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(row, report.target).items()],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in variant_metrics(report, name).items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "metrics.json"
+        path.write_text(variant_record(name, row))
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    incomplete.remove(run_id)
+    save()
+    return {"run_id": run_id, "reused": False, "pass": row.passed}
+
+
+def _log_parent_artifacts(client, report: Report, runs: dict, pid: str) -> None:
+    """report.md, variants.json (each variant's run, reused or new, and its verdict) and the plot."""
+    import tempfile
+
+    from release import render
+    from release.tracking_report import write_pareto
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "report.md").write_text(render.markdown(report))
+        (folder / "variants.json").write_text(json.dumps(runs, indent=2))
+        write_pareto(report, folder / "pareto.png")
+        for item in folder.iterdir():
+            client.log_artifact(pid, str(item))
 
 
 def _running_parent(client, experiment: str, digest: str) -> str | None:
@@ -466,7 +374,7 @@ def _close_cut_off(client, store: dict, pid: str) -> None:
     client.set_terminated(pid, "KILLED")
 
 
-def _register(job: dict, report: dict, run_id: str) -> str:
+def _register(job: dict, report: Report, run_id: str) -> str:
     """Log the released ONNX file as an MLflow model on its variant's run and register it."""
     import mlflow
     import onnx
@@ -476,8 +384,7 @@ def _register(job: dict, report: dict, run_id: str) -> str:
     from release import manifest as manifests
     from release.usercode import sample_inputs
 
-    row = report["variants"][report["selected"]]
-    path = Path(job["root"]) / row["artifact"]  # report paths are relative to the project root
+    path = Path(job["root"]) / report.release.artifact  # report paths are relative to the project root
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     loaded = manifests.load(Path(job["manifest"]), Path(job["root"]))
     example = next(sample_inputs(loaded, "eval", 1))  # a real, preprocessed eval image
@@ -486,38 +393,7 @@ def _register(job: dict, report: dict, run_id: str) -> str:
     signature = infer_signature(example, {n: o for n, o in zip(names, outputs)})
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx.load(str(path)), name="model", signature=signature,
-                                     input_example=example, registered_model_name=report["name"],
+                                     input_example=example, registered_model_name=report.name,
                                      save_as_external_data=False,
                                      onnx_execution_providers=["CPUExecutionProvider"])
     return str(info.registered_model_version)
-
-
-def write_pareto(report: dict, path: Path) -> None:
-    """Size and latency against mAP, budgets drawn, the released variant marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, budget = report["variants"], report["budget"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, (figure, label, limit) in zip(axes, (("size_mb", "size (MB)", budget.get("size_mb")),
-                                                 ("latency_ms", "latency p50 (ms)", budget.get("latency_ms")))):
-        for name, row in rows.items():
-            chosen = name == report["selected"]
-            ax.scatter(row[figure], row["map"], s=90 if chosen else 40, marker="*" if chosen else "o",
-                       color="tab:green" if row["pass"] else "tab:red", zorder=3)
-            ax.annotate(name + (" (released)" if chosen else ""), (row[figure], row["map"]),
-                        textcoords="offset points", xytext=(5, 5), fontsize=8)
-        if limit is not None:
-            ax.axvline(limit, color="grey", linestyle="--", label=f"budget {limit:g}")
-        if budget.get("min_map") is not None:
-            ax.axhline(budget["min_map"], color="grey", linestyle=":", label=f"min mAP {budget['min_map']:g}")
-        ax.set_xlabel(label)
-        ax.set_ylabel("mAP@[.5:.95]")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"{report['name']} {report['version']}: variants against budgets")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,7 +1,10 @@
-"""The embedded MLflow store on disk: made atomically, checked before MLflow opens it, upgraded on
-a copy, moved aside when damaged, and written to only when its folder can be written.
+"""Where the MLflow store is (the URI: MLFLOW_TRACKING_URI, the manifest's, or the embedded one),
+whether a server answers, the client that opens it, and the embedded store on disk: made
+atomically, checked before MLflow opens it, upgraded on a copy, moved aside when damaged, and
+written to only when its folder can be written.
 
-Cheap to import (no mlflow): tracking's doit uptodate check reads a store's id from here.
+Cheap to import (mlflow only inside functions): tracking's doit uptodate check reads a store's id
+from here.
 """
 
 from __future__ import annotations
@@ -11,8 +14,87 @@ import os
 import secrets
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
+
+# ---------------------------------------------------------------- where the store is
+
+def embedded_uri(root: Path) -> str:
+    """The project's own store: SQLite under artifacts/mlflow/."""
+    return f"sqlite:///{Path(root) / 'artifacts' / 'mlflow' / 'mlflow.db'}"
+
+
+def resolve_uri(job: dict) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or job.get("uri") or embedded_uri(job["root"])
+
+
+def embedded_artifacts(job: dict) -> Path:
+    return Path(job["root"]) / "artifacts" / "mlflow" / "artifacts"
+
+
+def store_key(job: dict) -> str:
+    """The ledger's name for the store: the embedded one moves with the project folder."""
+    uri = resolve_uri(job)
+    return "embedded" if uri == embedded_uri(job["root"]) else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a SQLite store URI (sqlite:///relative or sqlite:////absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def local_store(uri: str) -> Path | None:
+    """Where a store on this machine lives (a SQLite file, a file store folder), else None."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return db
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return Path(urlparse(uri).path)
+    if scheme == "" and not uri.startswith(("databricks", "uc")):
+        return Path(uri)
+    return None
+
+
+
+def unreachable(uri: str, timeout: float = 3.0) -> str | None:
+    """Why a tracking server cannot be reached, or None. Local stores are always reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def _import_mlflow():
+    import logging
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import mlflow
+
+    for name in ("mlflow", "alembic"):  # after the import: mlflow configures its loggers on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return mlflow
+
+
+def _client(uri: str):
+    """The client (for a SQLite store this opens the file: _open_sqlite has made it ready)."""
+    mlflow = _import_mlflow()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# ---------------------------------------------------------------- the embedded store on disk
 
 def _file_store_id(db: Path) -> int | None:
     """The id this module stamps in a SQLite store it makes (the header's user_version, read from

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from release.stages.base import StageContext, StageParams, StageSpec, hook
+from release.stages.base import Description, StageContext, StageParams, StageSpec, hook
 from release.surgery import prunable
 
 SPEC = StageSpec(
@@ -206,3 +206,29 @@ def run(ctx: StageContext) -> dict:
         ctx.log(f"prune: {facts['sparsity']:.1%} of conv/linear weights are zero; {DENSE_NOTE}")
     return {"method": p.method, "scope": p.resolved_scope, **facts, "before": before, "after": after,
             "parameters": after["parameters"], "macs": after["macs"], "macs_reduction": round(fewer, 4)}
+
+
+@hook
+def describe(facts) -> Description:
+    """What was pruned and what it saved; the card lists the layers. The note that zeros do not
+    shrink a dense file is the gate's, for any variant with sparse weights (a sparse checkpoint
+    needs no prune stage)."""
+    kept = f"; kept whole: {', '.join(facts['kept'])}" if facts.get("kept") else ""
+    if facts["method"] == "channel":
+        before, after = facts["before"], facts["after"]
+        skipped = facts.get("not_narrowed") or []
+        summary = (f"channel pruning ({facts['scope']} scope): {len(facts['channels'])} layer(s) narrowed, "
+                   f"parameters {before['parameters']:,} -> {after['parameters']:,}, MACs {before['macs'] / 1e6:.1f} M "
+                   f"-> {after['macs'] / 1e6:.1f} M ({facts['macs_reduction']:.0%} fewer){kept}"
+                   + (f"; asked but not narrowed: {', '.join(skipped)}" if skipped else ""))
+        rows = [f"| `{n}` | {b} | {a} |" for n, (b, a) in facts["channels"].items()]
+        head = ["| layer | output channels before | after |", "|---|---|---|"]
+    else:
+        layers = facts.get("layers_sparsity", {})
+        summary = (f"magnitude pruning ({facts['scope']} scope): {facts['sparsity']:.1%} of conv/linear weights "
+                   f"zeroed across {len(layers)} layer(s){kept}")
+        rows = [f"| `{n}` | {z:.1%} |" for n, z in layers.items()]
+        head = ["| layer | zero weights |", "|---|---|"]
+    if len(rows) > 30:
+        rows = rows[:30] + [f"| ... {len(rows) - 30} more |" + " |" * (head[0].count("|") - 2)]
+    return Description(summary=summary, title="Pruning", card="\n".join(head + rows) + "\n\n" if rows else "")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from release.stages.base import StageContext, StageParams, StageSpec
+from release.stages.base import Description, StageContext, StageParams, StageSpec, hook
 
 SPEC = StageSpec(
     name="strip", version=2, consumes="checkpoint", produces="weights", uses_model=True,
@@ -88,3 +88,17 @@ def run(ctx: StageContext) -> dict:
     }
 
 
+@hook
+def describe(facts) -> Description | None:
+    """Weights that did not come from the checkpoint (source.strict: false, allow_missing): a line
+    in the model card's provenance list (the "Provenance" title puts it there) and the gate notes."""
+    filled = facts.get("from_builder") or []
+    if not filled:
+        return None
+    shown = ", ".join(filled[:6]) + (" ..." if len(filled) > 6 else "")
+    return Description(
+        summary=f"{len(filled)} parameter(s) are not from the checkpoint: they keep the builder's initialisation "
+                f"(source.strict: false, allow_missing): {shown}",
+        title="Provenance",
+        card=f"- **Not from the checkpoint**: {len(filled)} parameter(s) kept the builder's initialisation "
+             f"(`source.strict: false`, `allow_missing`): {', '.join(filled)}.\n")

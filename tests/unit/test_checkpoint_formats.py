@@ -185,7 +185,7 @@ def test_inspect_shows_a_yolov5_file_when_trusted(raw, tmp_path):
 
 def test_strict_false_needs_an_allow_list_and_is_recorded(tiny_project, raw, tmp_path):
     from release.errors import CheckpointError, ManifestError
-    from release.publish import _strip_notes
+    from release.render import provenance_notes as _strip_notes
 
     state, aux, _ = raw
     partial = {k: v for k, v in state.items() if not k.startswith("heatmap.2.")}  # a new head, e.g. other classes
