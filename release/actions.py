@@ -70,7 +70,7 @@ def _inputs(job: dict):
     """The typed slice of the plan an action reads (model, data, source, manifest path)."""
     from release.manifest import Inputs
 
-    return Inputs.model_validate(job["inputs"])
+    return Inputs.from_job(job)
 
 
 def _manifest(job: dict):

@@ -84,26 +84,8 @@ def _adapter(manifest: Manifest) -> None:
 
 
 def _kwargs_problems(builder, name: str, kwargs: dict) -> list[tuple[tuple, str]]:
-    """model.kwargs against the builder's signature: each argument it does not take (did you mean?),
-    and each it needs that is not given. Nothing when the signature cannot be read."""
-    import inspect
+    """model.kwargs against the builder's signature, each problem located at its argument."""
+    from release.usercode import keyword_problems
 
-    from release.errors import did_you_mean
-
-    try:
-        params = inspect.signature(builder).parameters
-    except (TypeError, ValueError):
-        return []
-    kinds = inspect.Parameter
-    named = [n for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
-    takes_any = any(p.kind == kinds.VAR_KEYWORD for p in params.values())
-    takes = f" It takes: {', '.join(named)}." if named else " It takes no keyword arguments."
-    found = []
-    for key in kwargs:
-        if key not in named and not takes_any:
-            found.append((("model", "kwargs", key), f"{name} takes no argument '{key}'."
-                                                    f"{did_you_mean(key, named)}{takes}"))
-    for n, p in params.items():
-        if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY) and p.default is p.empty and n not in kwargs:
-            found.append((("model", "kwargs"), f"{name} needs '{n}' (it has no default): add it to model.kwargs."))
-    return found
+    return [(("model", "kwargs", key) if key else ("model", "kwargs"), message)
+            for key, message in keyword_problems(builder, name, kwargs, "model.kwargs")]

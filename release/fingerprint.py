@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
 def _version(name: str) -> str:
     # Parsing a package's METADATA costs ~2 ms; a plan asks for each tool once per stage node, so
     # without the cache a nine-variant manifest spent 0.35 s of its no-op here.
+    from importlib import metadata  # ~15 ms to import: only when a plan is made, never on a no-op
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

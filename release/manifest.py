@@ -158,6 +158,15 @@ class Inputs(Strict):
     source: Source
     path: Path = Field(description="the manifest file the plan was made from")
 
+    @classmethod
+    def of(cls, manifest: Manifest) -> Inputs:
+        return cls(model=manifest.model, data=manifest.data, source=manifest.source, path=manifest.path)
+
+    @classmethod
+    def from_job(cls, job: dict) -> Inputs:
+        """The slice an action's job carries (release/tasks.py puts it there from the plan)."""
+        return cls.model_validate(job["inputs"])
+
 
 class Manifest(Strict):
     schema_version: int = Field(description=f"manifest schema version; this release reads {SCHEMA_VERSION}")

@@ -69,8 +69,8 @@ class Plan:
     version: str
     manifest: Path                        # the manifest file the plan was made from
     root: Path
-    # What actions need of the manifest, resolved (paths absolute) and as JSON: the typed slices
-    # they validate (release.manifest.Inputs for model/data/source; the target profile).
+    # What actions need of the manifest, resolved (paths absolute), as JSON: release.manifest.Inputs
+    # (model, data, source, manifest path), which they validate.
     inputs: dict
     target: dict                          # the resolved target profile, under one name
     measure: dict

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from release import fingerprint, stages
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
-from release.manifest import Manifest
+from release.manifest import Inputs, Manifest
 from release.plan import Plan, StageNode, short
 from release.usercode import module_file
 
@@ -128,7 +128,7 @@ def build(manifest: Manifest, root: Path) -> Plan:
     nodes, chains = _stage_nodes(manifest, artifacts, source_fp, data_fp)
     final = {variant: chain[-1] for variant, chain in chains.items()}
     checked = [fp for fp, n in nodes.items() if stages.load(n.stage).has("check") or stages.load(n.stage).SPEC.uses_model]
-    inputs = {k: getattr(manifest, k).model_dump(mode="json") for k in ("model", "data", "source")}
+    inputs = Inputs.of(manifest).model_dump(mode="json")
     return Plan(name=manifest.name, version=manifest.version, manifest=manifest.path, root=root, inputs=inputs,
                 target=manifest.device, measure=manifest.measure.model_dump(mode="json"),
                 budget=manifest.budget.model_dump(mode="json"), select=manifest.select,

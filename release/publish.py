@@ -19,24 +19,25 @@ from release.atomic import atomic_dir, write_json, write_text
 from release.fingerprint import HashCache, digest, file_sha256, tool_versions
 from release.plan import relative
 
-if TYPE_CHECKING:  # the typed report (pydantic) loads in the action: is_current stays light
+if TYPE_CHECKING:  # pydantic loads in the action: is_current stays light
+    from release.manifest import Inputs
     from release.report import Report, VariantRow
 
 LOCK_SCHEMA = 1
 MEASURE_TOOLS = ("onnxruntime", "pycocotools")  # what size, latency and mAP are measured with
 
 
-def _lock(report: Report, job: dict, manifest, hashes: HashCache, model: Path) -> dict:
+def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: Path) -> dict:
     data = {}
     for split in ("train", "calibration", "eval"):
-        ref = getattr(manifest.data, split)
+        ref = getattr(inputs.data, split)
         if ref is not None:
             labelled = ref.annotations is not None
             data[split] = {"annotations": relative(ref.annotations, Path(job["root"])) if labelled else None,
                            "annotations_sha256": hashes.file(ref.annotations) if labelled else None,
                            "images": relative(ref.images, Path(job["root"])),
                            "images_sha256": hashes.split(ref.annotations, ref.images), "limit": ref.limit}
-    source = manifest.source
+    source = inputs.source
     row = report.release
     return {
         "schema_version": LOCK_SCHEMA, "name": report.name, "version": report.version,
@@ -45,7 +46,7 @@ def _lock(report: Report, job: dict, manifest, hashes: HashCache, model: Path) -
         "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
                    "format": source.format, "trusted": source.trusted, "strict": source.strict,
                    "allow_missing": list(source.allow_missing)},
-        "manifest": {"file": manifest.path.name, "sha256": hashes.file(manifest.path)},
+        "manifest": {"file": inputs.path.name, "sha256": hashes.file(inputs.path)},
         "data": data,
         # The tools of the variant's own stages (as they recorded them), and those the measurements use.
         "tools": {**{k: v for s in row.stages for k, v in s.tools.items()},
@@ -124,8 +125,8 @@ def publish(report: Report, job: dict, log=print) -> dict:
     A published version never changes: an intact bundle with other content is refused (bump
     `version`); a damaged or missing one is written again from verified artifacts, when what this
     build would write is exactly what was published before."""
-    from release import manifest as manifests
     from release.atomic import read_json
+    from release.manifest import Inputs
     from release.errors import ReleaseError
 
     root = Path(job["root"])
@@ -153,11 +154,11 @@ def publish(report: Report, job: dict, log=print) -> dict:
                                f"not write the same content, so it is not replaced. Restore it from a copy, or "
                                f"move it away and bump `version` in {Path(job['manifest']).name}.")
         log(f"publish: {problem}; re-published {version_name(report)} from verified artifacts (same content)")
-    manifest = manifests.load(Path(job["manifest"]), root)
+    inputs = Inputs.from_job(job)  # the plan's slice: model, data, source, manifest path
     hashes = HashCache(Path(job["hash_cache"]))
     with atomic_dir(dest) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
-        lock = _lock(report, job, manifest, hashes, tmp / "model.onnx")
+        lock = _lock(report, job, inputs, hashes, tmp / "model.onnx")
         write_json(tmp / "metrics.json", metrics)
         from release import render
 

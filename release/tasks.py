@@ -7,6 +7,7 @@ param, input, code or tool version gives a new folder, so doit alone decides wha
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _job(plan: Plan, **extra) -> dict:
 
 
 def _inputs(plan: Plan) -> dict:
-    return {"inputs": {**plan.inputs, "path": str(plan.manifest)}}
+    return {"inputs": plan.inputs}
 
 
 def _rmtree(path: Path):
@@ -272,10 +273,15 @@ def _loaded_sources() -> set[str]:
 
 
 def _installed(path: str) -> bool:
+    return path.startswith(_library_folders())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_folders() -> tuple[str, ...]:
     import sysconfig
 
-    return path.startswith((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-                            sysconfig.get_paths()["stdlib"]))
+    found = sysconfig.get_paths()
+    return found["purelib"], found["platlib"], found["stdlib"]
 
 
 def _seconds(value) -> float:

@@ -381,12 +381,12 @@ def _register(job: dict, report: Report, run_id: str) -> str:
     import onnxruntime as ort
     from mlflow.models import infer_signature
 
-    from release import manifest as manifests
+    from release.manifest import Inputs
     from release.usercode import sample_inputs
 
     path = Path(job["root"]) / report.release.artifact  # report paths are relative to the project root
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    loaded = manifests.load(Path(job["manifest"]), Path(job["root"]))
+    loaded = Inputs.from_job(job)  # sample_inputs reads .model and .data
     example = next(sample_inputs(loaded, "eval", 1))  # a real, preprocessed eval image
     outputs = session.run(None, {session.get_inputs()[0].name: example})
     names = [o.name for o in session.get_outputs()]

@@ -96,27 +96,50 @@ def init_problems(cls: type, path: str, kwargs: dict) -> list[str]:
     """model.adapter_kwargs (and the input_shape the build always passes) against the class's
     signature: each argument it does not take (did you mean?), each it needs that is not given.
     Nothing when the signature cannot be read (the call itself then reports)."""
-    import inspect
-
     if "input_shape" in kwargs:
         return ["model.adapter_kwargs: input_shape is passed from model.input_shape; remove it from "
                 "model.adapter_kwargs."]
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
+    keywords = _keywords(cls)
+    if keywords is None:
         return []
-    kinds = inspect.Parameter
-    named = [n for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
-    takes_any = any(p.kind == kinds.VAR_KEYWORD for p in params.values())
+    named, takes_any, _ = keywords
     if "input_shape" not in named and not takes_any:
         return [f"model.adapter {path}: __init__ takes no input_shape, which the build always passes "
                 "(model.input_shape, N, C, H, W): add an input_shape parameter."]
-    takes = f" It takes: {', '.join(named)}."
-    found = [f"model.adapter_kwargs: {path} takes no argument '{key}'.{did_you_mean(key, named)}{takes}"
-             for key in kwargs if key not in named and not takes_any]
-    found += [f"model.adapter_kwargs: {path} needs '{n}' (it has no default): add it to model.adapter_kwargs."
-              for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
-              and p.default is p.empty and n != "input_shape" and n not in kwargs]
+    return [f"model.adapter_kwargs: {message}"
+            for _, message in keyword_problems(cls, path, kwargs, "model.adapter_kwargs", given=("input_shape",))]
+
+
+def _keywords(fn) -> tuple[list[str], bool, list[str]] | None:
+    """(the keyword arguments fn takes, whether it takes **kwargs, those without a default), or
+    None when its signature cannot be read."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    named = [n for n, p in params.items() if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+    required = [n for n in named if params[n].default is params[n].empty]
+    return named, any(p.kind == kinds.VAR_KEYWORD for p in params.values()), required
+
+
+def keyword_problems(fn, name: str, kwargs: dict, field: str, given: tuple[str, ...] = ()) -> list[tuple[str | None, str]]:
+    """A manifest's kwargs for user code (a builder, an adapter) against its signature: (the
+    argument at fault or None, message) for each argument it does not take (did you mean?) and
+    each it needs that is not given (`given`: passed by the build itself). Nothing when the
+    signature cannot be read (the call itself then reports)."""
+    keywords = _keywords(fn)
+    if keywords is None:
+        return []
+    named, takes_any, required = keywords
+    takes = f" It takes: {', '.join(named)}." if named else " It takes no keyword arguments."
+    found: list[tuple[str | None, str]] = [
+        (key, f"{name} takes no argument '{key}'.{did_you_mean(key, named)}{takes}")
+        for key in kwargs if key not in named and not takes_any]
+    found += [(None, f"{name} needs '{n}' (it has no default): add it to {field}.")
+              for n in required if n not in given and n not in kwargs]
     return found
 
 

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from release.params import StageParams  # noqa: F401 - part of the stage contract
+from release.params import StageParams
 from release.plan import OUTPUT_FILE
 
 if TYPE_CHECKING:  # numpy stays off the no-op path
     import numpy as np
+
+__all__ = ["HOOKS", "OUTPUT_FILE", "Description", "Kind", "StageContext", "StageParams", "StageSpec", "hook"]
 
 Kind = Literal["checkpoint", "weights", "onnx"]
 

@@ -31,8 +31,12 @@ def _no_ambient_mlflow(monkeypatch):
 
 
 def job_for(root: Path, **extra) -> dict:
+    """The track task's job, as release/tasks.py makes it (with the plan's slice of the manifest)."""
+    from release.manifest import Inputs, load
+
     d = root / "artifacts" / "tiny"
-    return {"manifest": str(root / "tiny.yaml"), "root": str(root), "report": str(d / "report.json"),
+    inputs = Inputs.of(load(root / "tiny.yaml", root)).model_dump(mode="json")
+    return {"manifest": str(root / "tiny.yaml"), "root": str(root), "inputs": inputs, "report": str(d / "report.json"),
             "report_md": str(d / "report.md"), "publish": str(d / "publish.json"),
             "ledger": str(d / "tracking" / "ledger.json"), "pending": str(d / "tracking" / "pending"),
             "uri": None, "required": False, "alias": "candidate", **extra}

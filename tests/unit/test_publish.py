@@ -77,7 +77,10 @@ def project(tmp_path) -> tuple[Path, dict]:
     checkpoint.write_bytes(b"not read by publish")
     manifest = write_manifest(root, doc)
     d = root / "artifacts" / "tiny"
-    job = {"root": str(root), "manifest": str(manifest), "release_dir": str(d / "release" / "0.0.1"),
+    from release.manifest import Inputs, load
+
+    inputs = Inputs.of(load(manifest, root)).model_dump(mode="json")  # as release/tasks.py gives it
+    job = {"root": str(root), "manifest": str(manifest), "release_dir": str(d / "release" / "0.0.1"), "inputs": inputs,
            "out": str(d / "publish.json"), "report": str(d / "report.json"),
            "hash_cache": str(root / "artifacts" / ".cache" / "hashes.json")}
     return root, job
