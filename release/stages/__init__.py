@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "export": "release.stages.export",
     "quantize": "release.stages.quantize",
     "fp16": "release.stages.fp16",
+    "simplify": "release.stages.simplify",
     "prune": "release.stages.prune",
     "finetune": "release.stages.finetune",
     "distill": "release.stages.distill",

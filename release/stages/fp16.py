@@ -12,8 +12,11 @@ What onnxruntime 1.32 does that shapes this module:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pydantic import Field, field_validator, model_validator
 
+from release.onnxfile import Failures
 from release.stages.base import StageContext, StageParams, StageSpec
 
 SPEC = StageSpec(
@@ -22,6 +25,7 @@ SPEC = StageSpec(
     consumes="onnx",
     produces="onnx",
     summary="float16 weights and compute, float32 inputs/outputs, with ONNX Runtime's converter",
+    code=("release.onnxfile",),  # the check against the float input and the atomic write
     tools=("onnx", "onnxruntime"),
 )
 
@@ -60,40 +64,23 @@ class Params(StageParams):
 
 def run(ctx: StageContext) -> dict:
     """Convert ctx.input to float16 into ctx.output; return facts for the stage record."""
-    import os
-    import tempfile
     import time
-    from collections import Counter
     from pathlib import Path
 
     import onnx
 
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    from release.errors import ReleaseError, did_you_mean
+    from release import onnxfile
 
     p: Params = ctx.params
     start = time.perf_counter()
     model = onnx.load(str(ctx.input))
-    fp32_inits = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
-    if not fp32_inits:
-        raise ReleaseError("fp16: the input model has no float32 weights to convert (is it already "
-                           "float16 or quantized?); convert an fp32 model instead.")
-    block = list(DEFAULT_OP_BLOCK_LIST if p.op_block_list is None else p.op_block_list)
-    if p.op_block_list is not None:
-        known = {s.name for s in onnx.defs.get_all_schemas()}
-        unknown = [op for op in block if op not in known]
-        if unknown:
-            raise ReleaseError(f"fp16.op_block_list: '{unknown[0]}' is not an ONNX op type."
-                               f"{did_you_mean(unknown[0], known)}")
+    block = _block_list(model, p)
     in_graph = Counter(n.op_type for n in model.graph.node)
     blocked = {op: in_graph[op] for op in block if in_graph[op]}
-    ctx.log(f"fp16: converting {len(fp32_inits)} float32 initializers; kept in float32: {blocked or 'none'}")
-    half = convert_float_to_float16(model, min_positive_val=p.min_positive_val,
-                                    max_finite_val=p.max_finite_val, keep_io_types=p.keep_io_types,
-                                    op_block_list=block)
+    fp32_inits = sum(t.data_type == onnx.TensorProto.FLOAT for t in model.graph.initializer)
+    ctx.log(f"fp16: converting {fp32_inits} float32 initializers; kept in float32: {blocked or 'none'}")
+    half = _convert(model, p, block)
     del model
-    _sort_topologically(half.graph)
     facts = {
         "keep_io_types": p.keep_io_types,
         "op_block_list": block,
@@ -103,19 +90,47 @@ def run(ctx: StageContext) -> dict:
         "initializers_float32": sum(t.data_type == onnx.TensorProto.FLOAT for t in half.graph.initializer),
         "cast_nodes_added": sum(n.op_type == "Cast" for n in half.graph.node) - in_graph["Cast"],
     }
-    with tempfile.TemporaryDirectory(prefix=".fp16-", dir=ctx.out_dir) as tmp:
-        out = Path(tmp) / "model.onnx"
+    with onnxfile.replacing(ctx.output, ".fp16-") as (_, out):
         onnx.save_model(half, str(out))  # over 2 GB this raises rather than writing external data
         del half
         facts["check"] = _verify(out, Path(ctx.input), p.keep_io_types)
-        os.replace(out, ctx.output)
-    size_in, size_out = Path(ctx.input).stat().st_size, ctx.output.stat().st_size
+    facts.update(onnxfile.size_facts(ctx.input, ctx.output))
     seconds = time.perf_counter() - start
-    facts.update(size_bytes_before=size_in, size_bytes_after=size_out,
-                 size_ratio=round(size_out / size_in, 4))
     facts["seconds"] = round(seconds, 3)
-    ctx.log(f"fp16: {size_in:,} -> {size_out:,} bytes in {seconds:.1f} s")
+    ctx.log(f"fp16: {facts['size_bytes_before']:,} -> {facts['size_bytes_after']:,} bytes in {seconds:.1f} s")
     return facts
+
+
+def _block_list(model, p: Params) -> list[str]:
+    """The op types kept in float32: ORT's default list, or the params' (each a real op type). The
+    input must have float32 weights to convert."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    from release.errors import ReleaseError, did_you_mean
+
+    if not any(t.data_type == onnx.TensorProto.FLOAT for t in model.graph.initializer):
+        raise ReleaseError("fp16: the input model has no float32 weights to convert (is it already "
+                           "float16 or quantized?); convert an fp32 model instead.")
+    block = list(DEFAULT_OP_BLOCK_LIST if p.op_block_list is None else p.op_block_list)
+    if p.op_block_list is not None:
+        known = {s.name for s in onnx.defs.get_all_schemas()}
+        unknown = [op for op in block if op not in known]
+        if unknown:
+            raise ReleaseError(f"fp16.op_block_list: '{unknown[0]}' is not an ONNX op type."
+                               f"{did_you_mean(unknown[0], known)}")
+    return block
+
+
+def _convert(model, p: Params, block: list[str]):
+    """ORT's float16 converter, then the topological order onnx.checker wants."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(model, min_positive_val=p.min_positive_val,
+                                    max_finite_val=p.max_finite_val, keep_io_types=p.keep_io_types,
+                                    op_block_list=block)
+    _sort_topologically(half.graph)
+    return half
 
 
 def _sort_topologically(graph) -> None:
@@ -158,44 +173,28 @@ def _sort_topologically(graph) -> None:
     graph.node.extend(copies)
 
 
+FAILURES = Failures(
+    load="fp16: ONNX Runtime cannot load the float16 model: {exc}\nAdd the failing op type to op_block_list.",
+    run="fp16: ONNX Runtime cannot run the float16 model: {exc}",
+    nonfinite=("fp16: output '{output}' is not finite in float16 (overflow?); keep the overflowing ops in "
+               "float32 with op_block_list."),
+)
+
+
 def _verify(path, reference, keep_io_types: bool) -> dict:
     """Load the output in ORT, check its io types, and compare with fp32 on a seeded random input."""
-    import numpy as np
-    import onnxruntime as ort
+    from release import onnxfile
 
-    from release.errors import ReleaseError
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - any ORT failure means the artifact is unusable
-        raise ReleaseError(f"fp16: ONNX Runtime cannot load the float16 model: {exc}\n"
-                           "Add the failing op type to op_block_list.") from exc
-    reference_session = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    session = onnxfile.session(path, FAILURES.load)
+    reference_session = onnxfile.session(reference)
     if keep_io_types:
         changed = [f"{a.name}: {a.type} -> {b.type}" for a, b in zip(
             reference_session.get_inputs() + reference_session.get_outputs(),
             session.get_inputs() + session.get_outputs()) if a.type != b.type]
         if changed:
             raise RuntimeError(f"fp16: keep_io_types is set but io types changed: {changed}")
-    shapes = [i.shape for i in session.get_inputs()]
-    if any(not isinstance(d, int) or d <= 0 for shape in shapes for d in shape):
+    feeds = onnxfile.random_feeds(session.get_inputs())
+    if feeds is None:
         return {"loaded": True, "ran": False}  # symbolic dims: no input we could invent is surely valid
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for meta in session.get_inputs():
-        dtype = np.float16 if meta.type == "tensor(float16)" else np.float32
-        feeds[meta.name] = rng.standard_normal(meta.shape).astype(dtype)
-    try:
-        got = session.run(None, feeds)
-    except Exception as exc:  # noqa: BLE001
-        raise ReleaseError(f"fp16: ONNX Runtime cannot run the float16 model: {exc}") from exc
-    expected = reference_session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})
-    outputs = {}
-    for meta, a, b in zip(session.get_outputs(), got, expected):
-        if not np.all(np.isfinite(a)):
-            raise ReleaseError(f"fp16: output '{meta.name}' is not finite in float16 (overflow?); "
-                               "keep the overflowing ops in float32 with op_block_list.")
-        diff = float(np.max(np.abs(a.astype(np.float32) - b)))
-        outputs[meta.name] = {"dtype": str(a.dtype), "max_abs_diff": diff,
-                              "ref_max_abs": float(np.max(np.abs(b)))}
+    outputs = onnxfile.compare(session, reference_session, [feeds], FAILURES, dtypes=True)
     return {"loaded": True, "ran": True, "input": "random N(0,1)", "outputs_vs_fp32": outputs}

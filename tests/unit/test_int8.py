@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 
-from release import int8
 from release import manifest as manifests
 from release.measure import accuracy
 from release.stages import export, quantize
+from release.stages.quantize import calibration, keep_float, search
 from release.stages.base import StageContext
 from tests.conftest import tiny_manifest_dict, write_manifest
 from tests.models import MultiLevel, build_yolo_style
@@ -27,7 +27,7 @@ def _export(model, path, names, size=64):
         torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=names)
     proto = onnx.load(str(path))
-    int8.name_nodes(proto)
+    keep_float.name_nodes(proto)
     return proto
 
 
@@ -41,11 +41,11 @@ def _ops(graph, names):
 def test_tail_of_a_yolo_style_concatenated_output(tmp_path):
     torch.manual_seed(0)
     proto = _export(build_yolo_style(), tmp_path / "yolo.onnx", ["detections"])
-    found = int8.decode_tail(proto.graph)["detections"]
+    found = keep_float.decode_tail(proto.graph)["detections"]
     heads = sorted(found["heads"])
     assert heads == ["/heatmap/heatmap.2/Conv", "/offset/offset.2/Conv", "/size/size.2/Conv"]
     assert {"Sigmoid", "Exp", "Concat", "Reshape", "Mul", "Add"} <= set(_ops(proto.graph, found["tail"]))
-    assert not set(_ops(proto.graph, found["tail"])) & set(int8.ANCHORS)
+    assert not set(_ops(proto.graph, found["tail"])) & set(keep_float.ANCHORS)
 
 
 def test_tail_of_centernet_style_heatmap_and_regression_outputs(tmp_path):
@@ -53,7 +53,7 @@ def test_tail_of_centernet_style_heatmap_and_regression_outputs(tmp_path):
 
     torch.manual_seed(0)
     proto = _export(build(3, 0.5), tmp_path / "centernet.onnx", ["heatmap", "size", "offset"])
-    found = int8.decode_tail(proto.graph)
+    found = keep_float.decode_tail(proto.graph)
     assert _ops(proto.graph, found["heatmap"]["tail"]) == ["Sigmoid"]
     assert found["size"]["tail"] == [] and found["offset"]["tail"] == []  # a conv is the output
     assert found["size"]["heads"] == ["/size/size.2/Conv"]
@@ -62,7 +62,7 @@ def test_tail_of_centernet_style_heatmap_and_regression_outputs(tmp_path):
 def test_tail_of_multi_level_fcos_style_outputs(tmp_path):
     torch.manual_seed(0)
     proto = _export(MultiLevel(), tmp_path / "fcos.onnx", ["scores", "boxes"])
-    found = int8.decode_tail(proto.graph)
+    found = keep_float.decode_tail(proto.graph)
     assert sorted(found["scores"]["heads"]) == [f"/cls.{i}/Conv" for i in range(3)]
     assert sorted(found["boxes"]["heads"]) == [f"/reg.{i}/Conv" for i in range(3)]
     assert {"Sigmoid", "Concat", "Transpose"} <= set(_ops(proto.graph, found["scores"]["tail"]))
@@ -72,10 +72,10 @@ def test_tail_of_multi_level_fcos_style_outputs(tmp_path):
 def test_channel_spread_flags_coordinates_beside_scores():
     rng = np.random.default_rng(0)
     yolo = np.concatenate([rng.uniform(0, 640, (1, 256, 4)), rng.uniform(0, 1, (1, 256, 3))], axis=2)
-    ratio, axis = int8.channel_spread([yolo.astype(np.float32)])
-    assert ratio > int8.MIXED_RATIO and axis == 2
+    ratio, axis = keep_float.channel_spread([yolo.astype(np.float32)])
+    assert ratio > keep_float.MIXED_RATIO and axis == 2
     heat = rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
-    assert int8.channel_spread([heat])[0] < int8.MIXED_RATIO
+    assert keep_float.channel_spread([heat])[0] < keep_float.MIXED_RATIO
 
 
 # ---------------------------------------------------------------- calibration methods
@@ -103,7 +103,7 @@ def test_entropy_and_percentile_clip_a_skewed_activation_that_minmax_keeps(tmp_p
         ctx = StageContext(input=path, out_dir=tmp_path, params=params, log=lambda m: None,
                            sample_source=lambda split: iter(samples))
         (tmp_path / method).mkdir()
-        ranges = quantize._calibrate(ctx, path, tmp_path / method, "input", [1, 3, 16, 16], ["Conv", "Relu"])
+        ranges = calibration.calibrate(ctx, path, tmp_path / method, "input", [1, 3, 16, 16], ["Conv", "Relu"])
         highs[method] = float(np.max(ranges["out"].range_value[1]))
     print(f"calibrated upper bound: {highs}")
     assert highs["minmax"] > 100  # the spike
@@ -152,7 +152,7 @@ def test_naive_int8_collapses_a_yolo_style_output_and_auto_recovers_it(yolo, tmp
     assert auto >= fp32 - 0.03  # the bound this project states for keep_float: auto on this case
     kept = auto_facts["float_nodes"]
     assert {k["why"] for k in kept} >= {"decode tail of detections", "head of mixed-range output detections"}
-    assert auto_facts["mixed_outputs"]["detections"]["ratio"] > int8.MIXED_RATIO
+    assert auto_facts["mixed_outputs"]["detections"]["ratio"] > keep_float.MIXED_RATIO
     assert naive_facts["float_nodes"] == []
 
 
@@ -202,10 +202,10 @@ def test_fallback_search_doubles_then_bisects_within_max_trials():
         calls.append(k)
         return k >= 5
 
-    assert int8.fallback_search(20, 8, holds) == ([1, 2, 4, 8, 6, 5], 5) and calls == [1, 2, 4, 8, 6, 5]
-    assert int8.fallback_search(20, 3, holds) == ([1, 2, 4], None)  # stopped by max_trials, not met
-    assert int8.fallback_search(3, 8, lambda k: False) == ([1, 2, 3], None)  # all float and still no
-    assert int8.fallback_search(0, 8, holds) == ([], None)
+    assert search.fallback_search(20, 8, holds) == ([1, 2, 4, 8, 6, 5], 5) and calls == [1, 2, 4, 8, 6, 5]
+    assert search.fallback_search(20, 3, holds) == ([1, 2, 4], None)  # stopped by max_trials, not met
+    assert search.fallback_search(3, 8, lambda k: False) == ([1, 2, 3], None)  # all float and still no
+    assert search.fallback_search(0, 8, holds) == ([], None)
 
 
 def test_unnamed_and_duplicate_node_names_become_unique():
@@ -216,7 +216,7 @@ def test_unnamed_and_duplicate_node_names_become_unique():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [1])])
     model = helper.make_model(graph)
-    assert int8.name_nodes(model) == 2
+    assert keep_float.name_nodes(model) == 2
     names = [n.name for n in model.graph.node]
     assert len(set(names)) == 3 and names[1] == "r"
 
@@ -225,7 +225,7 @@ def test_probabilities_with_a_class_that_rarely_fires_are_not_mixed():
     heat = np.zeros((1, 3, 8, 8), np.float32)
     heat[0, 0] = 0.9
     heat[0, 1] = 0.005  # a class that barely fired on these images
-    assert int8.channel_spread([heat])[0] == 1.0
+    assert keep_float.channel_spread([heat])[0] == 1.0
 
 
 @pytest.mark.parametrize("data, expected", [
