@@ -305,30 +305,8 @@ def _annotations(entries: list, image_ids: set[int], cat_ids: set[int],
             bad = True
         elif ann_id is not None:
             seen[ann_id] = n
-        image_id = _int(ann.get("image_id"))
-        if image_id is None:
-            problems.add("annotation", "annotation without an integer image_id",
-                         "Each annotation names the id of its image.", f"{where}: image_id {_show(ann.get('image_id'))}")
-            bad = True
-        elif image_id not in image_ids:
-            problems.add("annotation", "annotation whose image_id matches no image",
-                         "Add the image to 'images' or remove the annotation: otherwise its object would be "
-                         "left out of training and mAP without a word.", f"{where}: image_id {image_id}")
-            bad = True
-        category = _int(ann.get("category_id"))
-        if category is None or category not in cat_ids:
-            problems.add("annotation", "annotation whose category_id is not in 'categories'",
-                         "Add the category to 'categories' or fix the annotation's category_id.",
-                         f"{where}: category_id {_show(ann.get('category_id'))}")
-            bad = True
-        bbox = ann.get("bbox")
-        numbers = (isinstance(bbox, list) and len(bbox) == 4
-                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox))
-        if not numbers or not all(math.isfinite(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
-            problems.add("annotation", "bbox that is not 4 finite numbers with width and height > 0",
-                         "A bbox is [x, y, width, height] in pixels, finite, with width > 0 and height > 0; "
-                         "fix or remove the annotation.", f"{where}: bbox {_show(bbox)}")
-            bad = True
+        image_id, category, bbox, wrong = _fields(ann, where, image_ids, cat_ids, problems)
+        bad = bad or wrong
         if bad:
             continue
         entry = dict(ann)
@@ -340,6 +318,37 @@ def _annotations(entries: list, image_ids: set[int], cat_ids: set[int],
         entry.setdefault("iscrowd", 0)
         out.append((image_id, entry))
     return out
+
+
+def _fields(ann: dict, where: str, image_ids: set[int], cat_ids: set[int],
+            problems: _Problems) -> tuple[int | None, int | None, object, bool]:
+    """(image id, category id, bbox, whether any is wrong) of one annotation; problems for the wrong."""
+    wrong = False
+    image_id = _int(ann.get("image_id"))
+    if image_id is None:
+        problems.add("annotation", "annotation without an integer image_id",
+                     "Each annotation names the id of its image.", f"{where}: image_id {_show(ann.get('image_id'))}")
+        wrong = True
+    elif image_id not in image_ids:
+        problems.add("annotation", "annotation whose image_id matches no image",
+                     "Add the image to 'images' or remove the annotation: otherwise its object would be "
+                     "left out of training and mAP without a word.", f"{where}: image_id {image_id}")
+        wrong = True
+    category = _int(ann.get("category_id"))
+    if category is None or category not in cat_ids:
+        problems.add("annotation", "annotation whose category_id is not in 'categories'",
+                     "Add the category to 'categories' or fix the annotation's category_id.",
+                     f"{where}: category_id {_show(ann.get('category_id'))}")
+        wrong = True
+    bbox = ann.get("bbox")
+    numbers = (isinstance(bbox, list) and len(bbox) == 4
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox))
+    if not numbers or not all(math.isfinite(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
+        problems.add("annotation", "bbox that is not 4 finite numbers with width and height > 0",
+                     "A bbox is [x, y, width, height] in pixels, finite, with width > 0 and height > 0; "
+                     "fix or remove the annotation.", f"{where}: bbox {_show(bbox)}")
+        wrong = True
+    return image_id, category, bbox, wrong
 
 
 def _check_files(annotations: Path, images: Path, records: list[ImageRecord], image_at: dict[int, int],
