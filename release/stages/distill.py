@@ -20,7 +20,7 @@ from release.usercode import IMPORT_PATH
 
 SPEC = StageSpec(
     name="distill", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
-    code=("release.training", "release.surgery"),
+    code=("release.training", "release.optim", "release.data", "release.surgery", "release.weights", "release.analysis"),
     no_labels_hint=" (or set labels: false)",
     summary="train a smaller student against the teacher's head outputs (+ ground truth)",
     tools=("torch", "torch-pruning", "safetensors"),

@@ -23,6 +23,7 @@ from release.stages.base import StageContext, StageParams, StageSpec
 
 SPEC = StageSpec(
     name="export", version=1, consumes="weights", produces="onnx", uses_model=True, verifies=("eval",),
+    code=("release.weights", "release.analysis"),
     summary="torch -> ONNX with checker, parity check and offline ORT optimization",
     tools=("torch", "torch-pruning", "onnx", "onnxruntime"),
 )

@@ -13,7 +13,7 @@ from release.training import TrainParams
 
 SPEC = StageSpec(
     name="finetune", version=1, consumes="weights", produces="weights", uses_model=True, reads=("train",),
-    code=("release.training",),
+    code=("release.training", "release.optim", "release.data", "release.weights", "release.analysis"),
     summary="train further with the adapter's loss on data.train (after prune, or alone)",
     tools=("torch", "torch-pruning", "safetensors"),
 )

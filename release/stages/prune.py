@@ -24,7 +24,8 @@ from release.stages.base import Description, StageContext, StageParams, StageSpe
 from release.surgery import prunable
 
 SPEC = StageSpec(
-    name="prune", version=1, consumes="weights", produces="weights", uses_model=True, code=("release.surgery",),
+    name="prune", version=1, consumes="weights", produces="weights", uses_model=True,
+    code=("release.surgery", "release.weights", "release.analysis"),
     summary="structured channel pruning (torch-pruning) or unstructured magnitude sparsity",
     tools=("torch", "torch-pruning", "safetensors"),
 )

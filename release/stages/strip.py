@@ -16,6 +16,7 @@ from release.stages.base import Description, StageContext, StageParams, StageSpe
 
 SPEC = StageSpec(
     name="strip", version=2, consumes="checkpoint", produces="weights", uses_model=True,
+    code=("release.checkpoint", "release.pickle_scan", "release.weights"),
     summary="drop optimizer state and training-only weights; write safetensors",
     tools=("torch", "safetensors"),
 )

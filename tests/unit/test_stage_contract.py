@@ -83,3 +83,21 @@ def test_a_tool_joins_only_the_fingerprints_of_stages_that_call_it(tmp_path, mon
     after = {n.stage: n.fingerprint for n in plan.build(loaded, tmp_path).nodes.values()}
     assert before["strip"] == after["strip"]  # strip calls torch and safetensors only
     assert before["export"] != after["export"] and before["fp16"] != after["fp16"]
+
+
+def test_an_edit_to_shared_code_rebuilds_only_the_stages_that_use_it(tmp_path, monkeypatch):
+    """release.data decides what calibration and training read; strip, export and fp16 (which only
+    verify against data) keep their outputs when it changes."""
+    from release import manifest, planner
+    from release.usercode import module_file
+
+    placeholder_data(tmp_path)
+    doc = tiny_manifest_dict(variants={"half": ["strip", "export", "fp16"],
+                                       "int8": ["strip", "export", {"quantize": {"mode": "static"}}]})
+    del doc["demo"]
+    loaded = manifest.load(write_manifest(tmp_path, doc), tmp_path)
+    before = {n.stage: n.fingerprint for n in planner.build(loaded, tmp_path).nodes.values()}
+    edited, real = str(module_file("release.data")), planner.source_hash
+    monkeypatch.setattr(planner, "source_hash", lambda path: "edited" if str(path) == edited else real(path))
+    after = {n.stage: n.fingerprint for n in planner.build(loaded, tmp_path).nodes.values()}
+    assert [s for s in before if before[s] != after[s]] == ["quantize"]

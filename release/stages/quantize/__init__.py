@@ -39,7 +39,7 @@ SPEC = StageSpec(
     # only reads facts, so it is not here.
     code=("release.stages.quantize.calibration", "release.stages.quantize.quantizer",
           "release.stages.quantize.keep_float", "release.stages.quantize.search", "release.onnxfile",
-          "release.measure.accuracy"),
+          "release.measure.accuracy", "release.data"),
     tools=("onnx", "onnxruntime", "numpy", "pycocotools"),
 )
 
