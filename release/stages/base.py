@@ -101,7 +101,7 @@ class StageContext:
     out_dir: Path
     params: Any
     fingerprint: str = ""
-    manifest: Any = None  # release.manifest.Manifest, when run from a build
+    manifest: Any = None  # release.manifest.Inputs (model, data, source, path), when run from a build
     # Where sample inputs come from: split name -> iterable of network-ready arrays (1, C, H, W).
     # A build reads them from the manifest's data through the adapter; a unit test may pass arrays.
     sample_source: Callable[[str], Iterable[np.ndarray]] | None = None
