@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from release import stages
-from release.errors import ManifestError, did_you_mean
+from release.errors import ManifestError, ReleaseError, did_you_mean
 from release.manifest_paths import _check_paths
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read

@@ -150,6 +150,7 @@ def _generator_outs(raw: dict, root: Path, problems: _Problems) -> dict[str, Pat
     if not isinstance(gens, dict):
         return {}
     outs: dict[str, Path | None] = {}
+    accepted: dict[str, Path] = {}
     for name, g in gens.items():
         value = g.get("out") if isinstance(g, dict) else None
         if not isinstance(name, str) or not isinstance(value, str):
@@ -157,13 +158,14 @@ def _generator_outs(raw: dict, root: Path, problems: _Problems) -> dict[str, Pat
         loc = ("generate", name, "out")
         resolved = _check_written(problems, loc, value, root, raw, f"generate.{name}", _example(value, name))
         if resolved is not None:
-            other = next((n for n, p in outs.items()
-                          if p is not None and (resolved.is_relative_to(p) or p.is_relative_to(resolved))), None)
+            other = next((n for n, p in accepted.items() if resolved.is_relative_to(p) or p.is_relative_to(resolved)),
+                         None)
             if other is not None:
                 problems.add(loc, f"{_short(value)} overlaps generate.{other}.out ({_short(gens[other]['out'])}), "
                                   f"and each generator replaces its out as a whole: give each one a place of "
                                   f"its own under artifacts/.")
             else:
+                accepted[name] = resolved
                 _check_kind(problems, loc, value, root, "any", required=False)
         outs[name] = resolved or _resolved(root, value)
     return outs
