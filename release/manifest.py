@@ -141,11 +141,12 @@ GENERATOR_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # it names the doit task generate:
 class Generator(Strict):
     """A task that makes one of the build's inputs (a dataset, a trained checkpoint) before anything
     reads it: the function `run` names writes `out`, which the build commits atomically and marks as
-    its own. A data split or source.checkpoint inside `out` takes its fingerprint from the generator,
-    and what reads it waits for it. How to write one: docs/extending.md, "A new generator"."""
+    its own. A data split or `source.checkpoint` inside `out` takes its fingerprint from the
+    generator, and the tasks that read it wait for it. How to write one:
+    [extending.md](extending.md#a-new-generator)."""
 
-    run: str = Field(pattern=IMPORT_PATH, description="package.module:function marked @generator "
-                                                      "(release.generate), called as fn(out, **kwargs)")
+    run: str = Field(pattern=IMPORT_PATH, description="package.module:function marked `@generator` "
+                                                      "(release.generate), called as `fn(out, **kwargs)`")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the function, checked against "
                                                                      "its signature; the paths it declares are "
                                                                      "relative to the project root")
@@ -190,8 +191,8 @@ class Manifest(Strict):
     select: Literal["best_map", "smallest", "fastest"] = "best_map"
     tracking: Tracking = Tracking()
     generate: dict[str, Generator] = Field(default_factory=dict, description="tasks that make the build's inputs "
-                                                                             "before anything reads them, by name, "
-                                                                             "in order (task generate:<name>)")
+                                                                             "before anything reads them (doit "
+                                                                             "task generate:<name>), in order")
 
     _path: Path = PrivateAttr(default=None)
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)

@@ -315,3 +315,27 @@ def test_the_mark_is_checked_when_the_module_is_written_wrong(project):
     with pytest.raises(ValueError, match="writes="):
         generate.generator(writes="files")
     sys.modules.pop("badgens", None)
+
+
+def test_the_generator_example_in_extending_md_runs(tmp_path):
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "extending.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "@generator(" in b)
+    section = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "mypkg.labels:label_map" in b)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "labels.py").write_text(code)
+    (tmp_path / "classes.txt").write_text("cat dog\n")
+    placeholder_data(tmp_path)
+    doc = tiny_manifest_dict()
+    doc["generate"] = yaml.safe_load(section)["generate"]
+    write_manifest(tmp_path, doc)
+    done = run_doit(tmp_path, "generate", "manifest=tiny.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "generate.labels: 2 labels" in done.stdout
+    assert json.loads((tmp_path / "artifacts/labels.json").read_text()) == {"cat": 1, "dog": 2}
