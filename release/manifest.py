@@ -375,7 +375,7 @@ def _generator_kwargs(manifest: Manifest, name: str, g: Generator, fn, spec, pro
     given = {k: v for k, v in g.kwargs.items() if k != "out"}
     from_model = dict(manifest.model.kwargs) if spec.model_kwargs else {}
     for key in sorted(set(given) & set(from_model)):
-        problems.add(loc + (key,), f"{g.run} takes model.kwargs, which give {key} already; remove it here.")
+        problems.add(loc + (key,), f"{g.run} also takes model.kwargs, which set {key} already: remove it here.")
     try:
         model = generate.kwargs_model(fn)
     except Exception as exc:  # noqa: BLE001 - a signature pydantic cannot model: say so, located
@@ -394,7 +394,7 @@ def _generator_kwargs(manifest: Manifest, name: str, g: Generator, fn, spec, pro
                 problems.add(*_describe(err, model, loc))
     if problems.count != count:
         return None
-    return validated.model_dump(mode="json", exclude_unset=True, exclude=set(from_model) - set(given))
+    return validated.model_dump(mode="json", exclude_unset=True, exclude=set(from_model))
 
 
 # ---------------------------------------------------------------- loading

@@ -65,6 +65,7 @@ def _generator_nodes(manifest: Manifest, root: Path, hashes: HashCache) -> dict[
                 path = root / kwargs[key]
                 resolved[key] = str(path)
                 if owner(path, outs) is None:  # the user's own file or folder: its content
+                    fingerprint.READ.add(str(path))
                     read[key] = hashes.file(path) if path.is_file() else hashes.folder(path) if path.is_dir() \
                         else "missing"
         fp = digest("generate", name, g.run, kwargs, manifest.model.kwargs if spec.model_kwargs else None,
@@ -72,24 +73,28 @@ def _generator_nodes(manifest: Manifest, root: Path, hashes: HashCache) -> dict[
                     tool_versions(spec.tools), [nodes[a].fingerprint for a in g.after], read)
         nodes[name] = GeneratorNode(name=name, run=g.run, kwargs=resolved, out=g.out, writes=spec.writes,
                                     fingerprint=fp, after=list(g.after), model_kwargs=spec.model_kwargs)
-    generated = _Generated(nodes)
-    checkpoint = manifest.source.checkpoint
+    _what_the_manifest_reads(manifest, _Generated(nodes))
+    return nodes
+
+
+def _what_the_manifest_reads(manifest: Manifest, generated: _Generated) -> None:
+    """Each generator's targets (the files the manifest reads that it makes, and a file out) and, for
+    a folder out, the paths it must have written before its output is committed."""
     reads = [(f"data.{split}.{key}", getattr(ref, key)) for split in ("train", "calibration", "tuning", "eval")
              if (ref := getattr(manifest.data, split)) is not None for key in ("annotations", "images")
-             if getattr(ref, key) is not None] + [("source.checkpoint", checkpoint)]
+             if getattr(ref, key) is not None] + [("source.checkpoint", manifest.source.checkpoint)]
     for field, path in reads:
         name = generated.by(path)
         if name is None:
             continue
-        node = nodes[name]
+        node = generated.generators[name]
         if node.writes == "folder":
             node.expects[field] = generated.relative(path)
-        if not field.endswith(".images") and path not in node.targets:
+        if not field.endswith(".images") and path not in node.targets:  # doit targets are files
             node.targets.append(path)
-    for node in nodes.values():
+    for node in generated.generators.values():
         if node.writes == "file" and node.out not in node.targets:
             node.targets.append(node.out)
-    return nodes
 
 
 def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Generated) -> dict[str, str]:
@@ -103,8 +108,7 @@ def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Genera
         paths = [p for p in (ref.annotations, ref.images) if p is not None]
         fingerprint.READ.update(str(p) for p in paths)
         if generated.after(paths):  # a split partly generated is refused when the manifest loads
-            data_fp[split] = digest([generated.fingerprint(p) if generated.by(p) else str(p) for p in paths],
-                                    ref.limit)
+            data_fp[split] = digest([generated.fingerprint(p) for p in paths if generated.by(p)], ref.limit)
         elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.is_file()):
             data_fp[split] = digest(hashes.split(ref.annotations, ref.images), ref.limit)
         else:
