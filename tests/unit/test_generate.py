@@ -250,6 +250,20 @@ def test_kwargs_are_checked_against_the_signature(project):
     assert "generate.words.kwargs.out: out is passed from generate.words.out" in message
 
 
+def test_a_generator_that_takes_model_kwargs_is_checked_with_them(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["generate"]["checkpoint"]["kwargs"]["width"] = 0.5
+    message = _problem(Project(tmp_path, ""), doc)
+    assert "1 problem" in message
+    assert "generate.checkpoint.kwargs.width: release.models.demo.generate:checkpoint also takes model.kwargs, " \
+           "which set width already: remove it here." in message
+    doc = tiny_manifest_dict()
+    doc["model"]["kwargs"]["width"] = -1.0
+    message = _problem(Project(tmp_path, ""), doc)
+    assert "model.kwargs.width: passed to generate.checkpoint (release.models.demo.generate:checkpoint), which " \
+           "takes model.kwargs: got -1.0; input should be greater than 0." in message
+
+
 def test_after_names_generators_defined_above(project):
     message = _problem(project, project.doc(**{"shout.after": ["wrds"]}))
     assert "generate.shout.after[0]: 'wrds' is not a generator defined above 'shout'. Did you mean 'words'?" \
