@@ -1,4 +1,5 @@
-"""The build plan: fingerprinted stage, measurement and gate nodes, as one record written once.
+"""The build plan: fingerprinted generator, stage, measurement and gate nodes, as one record
+written once.
 
 release/planner.py makes a Plan from a manifest (parsing, validation, fingerprints); this module is
 the plan itself, plain data with no pydantic, and its record `artifacts/<name>/plan.json`. The

@@ -1,4 +1,5 @@
-"""doit task dicts for a build plan: one task per stage node, per measurement, and the gate.
+"""doit task dicts for a build plan: one task per generator, per stage node, per measurement, and
+the gate.
 
 Each stage task's file_dep is its input artifact (and the annotations of data it reads), its
 targets are its output and record, and its output folder is named by its fingerprint: a changed
