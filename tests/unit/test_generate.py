@@ -100,9 +100,9 @@ def _load(root: Path, doc: dict):
     return manifest.load(write_manifest(root, doc), root)
 
 
-def _problem(project: Project, doc: dict) -> str:
+def _problem(root: Path, doc: dict) -> str:
     with pytest.raises(ManifestError) as err:
-        _load(project.root, doc)
+        _load(root, doc)
     return str(err.value)
 
 
@@ -209,7 +209,7 @@ def test_a_path_kwarg_no_generator_makes_joins_the_fingerprint_by_content(projec
 # ---------------------------------------------------------------- manifest errors
 
 def test_an_unmarked_function_is_a_located_manifest_error(project):
-    message = _problem(project, project.doc(**{"words.run": f"{project.module}:plain", "words.kwargs": {}}))
+    message = _problem(project.root, project.doc(**{"words.run": f"{project.module}:plain", "words.kwargs": {}}))
     assert "1 problem" in message
     assert f"generate.words.run: {project.module}:plain is not marked as a generator" in message
     assert "@generator" in message and "release.generate" in message
@@ -220,64 +220,64 @@ def test_an_unmarked_function_is_a_located_manifest_error(project):
 
 def test_a_missing_module_or_function_is_a_located_manifest_error(project):
     assert "generate.words.run: cannot import module 'no_such_gens'" in _problem(
-        project, project.doc(**{"words.run": "no_such_gens:words"}))
-    message = _problem(project, project.doc(**{"words.run": f"{project.module}:wrds"}))
+        project.root, project.doc(**{"words.run": "no_such_gens:words"}))
+    message = _problem(project.root, project.doc(**{"words.run": f"{project.module}:wrds"}))
     assert f"generate.words.run: module '{project.module}' has no 'wrds'. Did you mean 'words'?" in message
 
 
 @pytest.mark.parametrize("out", ["../elsewhere/words.txt", "/tmp/words.txt", "words.txt", "artifacts",
                                  "artifacts/stages/words.txt", "artifacts/.cache/words.txt"])
 def test_an_out_outside_artifacts_is_a_located_manifest_error(project, out):
-    message = _problem(project, project.doc(**{"words.out": out, "shout.kwargs.source": out}))
+    message = _problem(project.root, project.doc(**{"words.out": out, "shout.kwargs.source": out}))
     assert "1 problem" in message, message
     assert "generate.words.out:" in message and "generate.words writes here; point it" in message
     assert "artifacts/" in message
 
 
 def test_outs_may_not_overlap(project):
-    message = _problem(project, project.doc(**{"shout.out": "artifacts/gen"}))
+    message = _problem(project.root, project.doc(**{"shout.out": "artifacts/gen"}))
     assert "1 problem" in message and "generate.shout.out: artifacts/gen overlaps generate.words.out" in message
 
 
 def test_kwargs_are_checked_against_the_signature(project):
-    message = _problem(project, project.doc(**{"words.kwargs": {"word": "hi", "tims": 2}}))
+    message = _problem(project.root, project.doc(**{"words.kwargs": {"word": "hi", "tims": 2}}))
     assert "generate.words.kwargs.tims: unknown key 'tims'. Did you mean 'times'?" in message
-    message = _problem(project, project.doc(**{"words.kwargs": {"word": "hi", "times": 0}}))
+    message = _problem(project.root, project.doc(**{"words.kwargs": {"word": "hi", "times": 0}}))
     assert "generate.words.kwargs.times: got 0; input should be greater than 0." in message
-    message = _problem(project, project.doc(**{"words.kwargs": {"times": 2}}))
+    message = _problem(project.root, project.doc(**{"words.kwargs": {"times": 2}}))
     assert "generate.words.kwargs.word: required field is missing." in message
-    message = _problem(project, project.doc(**{"words.kwargs": {"word": "hi", "out": "x"}}))
+    message = _problem(project.root, project.doc(**{"words.kwargs": {"word": "hi", "out": "x"}}))
     assert "generate.words.kwargs.out: out is passed from generate.words.out" in message
 
 
 def test_a_generator_that_takes_model_kwargs_is_checked_with_them(tmp_path):
     doc = tiny_manifest_dict()
     doc["generate"]["checkpoint"]["kwargs"]["width"] = 0.5
-    message = _problem(Project(tmp_path, ""), doc)
+    message = _problem(tmp_path, doc)
     assert "1 problem" in message
     assert "generate.checkpoint.kwargs.width: release.models.demo.generate:checkpoint also takes model.kwargs, " \
            "which set width already: remove it here." in message
     doc = tiny_manifest_dict()
     doc["model"]["kwargs"]["width"] = -1.0
-    message = _problem(Project(tmp_path, ""), doc)
+    message = _problem(tmp_path, doc)
     assert "model.kwargs.width: passed to generate.checkpoint (release.models.demo.generate:checkpoint), which " \
            "takes model.kwargs: got -1.0; input should be greater than 0." in message
 
 
 def test_after_names_generators_defined_above(project):
-    message = _problem(project, project.doc(**{"shout.after": ["wrds"]}))
+    message = _problem(project.root, project.doc(**{"shout.after": ["wrds"]}))
     assert "generate.shout.after[0]: 'wrds' is not a generator defined above 'shout'. Did you mean 'words'?" \
         in message
     doc = project.doc()
     doc["generate"] = dict(reversed(list(doc["generate"].items())))  # shout first: words is not above it
-    assert "generate.shout.after[0]: 'words' is not a generator defined above 'shout'" in _problem(project, doc)
+    assert "generate.shout.after[0]: 'words' is not a generator defined above 'shout'" in _problem(project.root, doc)
 
 
 def test_a_path_kwarg_inside_another_generators_out_needs_after(project):
-    message = _problem(project, project.doc(**{"shout.after": []}))
+    message = _problem(project.root, project.doc(**{"shout.after": []}))
     assert "generate.shout.kwargs.source: artifacts/gen/words.txt is inside generate.words.out: add words to " \
            "generate.shout.after" in message
-    message = _problem(project, project.doc(**{"shout.kwargs.source": "nowhere.txt", "shout.after": []}))
+    message = _problem(project.root, project.doc(**{"shout.kwargs.source": "nowhere.txt", "shout.after": []}))
     assert "generate.shout.kwargs.source: no such file or folder" in message
 
 
