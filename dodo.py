@@ -23,9 +23,9 @@ def task_check():
     yield from tasks.check_tasks(PLAN)
 
 
-def task_demo():
-    """the bundled demo: synthetic data and a trained detector checkpoint"""
-    yield from tasks.demo_tasks(PLAN)
+def task_generate():
+    """the manifest's generators: inputs the build makes first (data, a trained checkpoint)"""
+    yield from tasks.generate_tasks(PLAN)
 
 
 def task_stage():

@@ -43,10 +43,10 @@ def guarded(fn):
 
 def _written_folder(job: dict) -> Path:
     """Where an action writes (for naming a full or read-only disk)."""
-    for key in ("out_dir", "out", "report", "release_dir", "checkpoint", "data_dir"):
+    for key in ("out_dir", "out", "report", "release_dir"):
         if job.get(key):
             path = Path(job[key])
-            return path if key in ("out_dir", "release_dir", "data_dir") else path.parent
+            return path if key in ("out_dir", "release_dir") else path.parent
     return Path(job["root"]) / "artifacts"
 
 
@@ -142,38 +142,10 @@ def check(job: dict) -> None:
 
 
 @guarded
-def make_demo_data(job: dict) -> None:
-    from release import ownership
-    from release.models.demo import shapes
+def generate(job: dict) -> None:
+    from release import generate as generators
 
-    d, data_dir = job["demo"], Path(job["data_dir"])
-    if ownership.owned_folder(data_dir, job["fingerprint"], "demo.data_dir"):
-        _log(f"demo data: {data_dir} already generated for {job['fingerprint'][:16]}; not generated again")
-        return
-    with atomic_dir(data_dir) as tmp:
-        summary = shapes.generate(tmp, seed=d["seed"], image_size=d["image_size"],
-                                  splits={"train": d["train_images"], "calibration": d["calibration_images"],
-                                          "eval": d["eval_images"]})
-        ownership.mark_folder(tmp, job["fingerprint"])
-    _log(f"demo data: {summary}")
-
-
-@guarded
-def train_demo(job: dict) -> None:
-    from release import ownership
-    from release.models.demo import train
-
-    d, kwargs, checkpoint = job["demo"], job["model_kwargs"], Path(job["checkpoint"])
-    if ownership.owned_file(checkpoint, job["fingerprint"], "source.checkpoint"):
-        _log(f"demo training: {checkpoint} already trained for {job['fingerprint'][:16]}; not trained again")
-        return
-    ownership.claim_file(checkpoint, job["fingerprint"])
-    summary = train.train(Path(job["data_dir"]), checkpoint, image_size=d["image_size"],
-                          steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], seed=d["seed"],
-                          progress=_progress(),
-                          **kwargs)
-    ownership.seal_file(checkpoint, job["fingerprint"])
-    _log(f"demo training: {summary}")
+    generators.make(job, log=_log)
 
 
 def _measured(job: dict) -> bool:

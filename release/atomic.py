@@ -97,6 +97,27 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path, not yet created, for code that writes a file by its name
+    (a library's save(path), a generator); on success the file written there becomes `final` in
+    one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
+    tmp = final.with_name(_prefix(final) + os.urandom(4).hex())
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_file(path, "w") as handle:
         handle.write(text)

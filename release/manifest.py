@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from release import stages
-from release.errors import ManifestError, did_you_mean
+from release.errors import ManifestError, ReleaseError, did_you_mean
 from release.manifest_paths import _check_paths
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
@@ -135,18 +135,25 @@ class Tracking(Strict):
                        description="Model Registry alias given to the released version")
 
 
-class Demo(Strict):
-    """Generate the bundled synthetic dataset and train the demo detector as part of the build."""
+GENERATOR_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # it names the doit task generate:<name>
 
-    data_dir: Path = Field(description="where the splits are generated: <data_dir>/<split>/annotations.json")
-    seed: int = 0
-    image_size: int = Field(128, ge=32)
-    train_images: int = Field(3000, gt=0)
-    calibration_images: int = Field(64, gt=0)
-    eval_images: int = Field(300, gt=0)
-    steps: int = Field(1600, gt=0)
-    batch_size: int = Field(16, gt=0)
-    lr: float = Field(0.012, gt=0)
+
+class Generator(Strict):
+    """A task that makes one of the build's inputs (a dataset, a trained checkpoint) before anything
+    reads it: the function `run` names writes `out`, which the build commits atomically and marks as
+    its own. A data split or `source.checkpoint` inside `out` takes its fingerprint from the
+    generator, and the tasks that read it wait for it. How to write one:
+    [extending.md](extending.md#a-new-generator)."""
+
+    run: str = Field(pattern=IMPORT_PATH, description="package.module:function marked `@generator` "
+                                                      "(release.generate), called as `fn(out, **kwargs)`")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the function, checked against "
+                                                                     "its signature; the paths it declares are "
+                                                                     "relative to the project root")
+    out: Path = Field(description="the folder or file it writes, inside artifacts/; replaced as a whole when "
+                                  "its fingerprint changes")
+    after: list[str] = Field(default_factory=list, description="generators defined above whose outputs it reads: "
+                                                               "they run first and their fingerprints join its own")
 
 
 class Inputs(Strict):
@@ -183,11 +190,14 @@ class Manifest(Strict):
     variants: dict[Any, list[Any]] = Field(min_length=1)
     select: Literal["best_map", "smallest", "fastest"] = "best_map"
     tracking: Tracking = Tracking()
-    demo: Demo | None = None
+    generate: dict[str, Generator] = Field(default_factory=dict, description="tasks that make the build's inputs "
+                                                                             "before anything reads them (doit "
+                                                                             "task generate:<name>), in order")
 
     _path: Path = PrivateAttr(default=None)
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)
     _device: dict = PrivateAttr(default_factory=dict)
+    _generators: dict[str, tuple[Any, dict]] = PrivateAttr(default_factory=dict)
 
     @field_validator("name", "version")
     @classmethod
@@ -195,6 +205,15 @@ class Manifest(Strict):
         if len(v) > 128 or not re.match(FOLDER_NAME, v) or ".." in v:
             raise ValueError(f"it is a folder the build writes, so it must be {FOLDER_NAME_RULE}, "
                              f"at most 128 characters")
+        return v
+
+    @field_validator("generate")
+    @classmethod
+    def _generator_names(cls, v: dict) -> dict:
+        for name in v:
+            if not re.match(GENERATOR_NAME, name) or len(name) > 64:
+                raise ValueError(f"generator name {_short(repr(name), 60)}: it names the task generate:<name>, so "
+                                 f"use letters, digits, '_' and '-', starting with a letter (at most 64)")
         return v
 
     @field_validator("schema_version")
@@ -212,6 +231,12 @@ class Manifest(Strict):
     def device(self) -> dict:
         """The target profile resolved: built-in or `targets:` profile plus target's overrides."""
         return self._device
+
+    @property
+    def generators(self) -> dict[str, tuple[Any, dict]]:
+        """generator name -> (its release.generate.GeneratorSpec, its kwargs validated against the
+        function's signature, as JSON: what it is called with, path kwargs as written)."""
+        return self._generators
 
     @property
     def pipelines(self) -> dict[str, list[tuple[str, Any]]]:
@@ -289,14 +314,87 @@ def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
                     problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
                                                            f"which has no annotations. Add data.{split}.annotations"
                                                            f"{module.SPEC.no_labels_hint}.")
-    demo = manifest.demo
-    if demo is not None:
-        for split in ("train", "calibration", "eval"):
-            ref = getattr(manifest.data, split)
-            want = (demo.data_dir / split / "annotations.json", demo.data_dir / split / "images")
-            if ref is not None and (ref.annotations, ref.images) != want:
-                problems.add(("data", split), f"with a demo section, this split is generated at "
-                                              f"{want[0]} and {want[1]}; point annotations and images there.")
+
+
+def _check_generators(manifest: Manifest, root: Path, problems: _Problems) -> dict[str, tuple[Any, dict]]:
+    """Each generator's function (imported: marked?), its kwargs against the function's signature,
+    its `after` (generators defined above it), and its path kwargs (the generator whose out holds
+    one must run first). Returns name -> (spec, validated kwargs as JSON)."""
+    from release import generate
+    from release.manifest_paths import _check_kind
+
+    outs = {name: g.out for name, g in manifest.generate.items()}
+    names, found = list(outs), {}
+    for name, g in manifest.generate.items():
+        loc = ("generate", name)
+        defined = names[:names.index(name)]
+        for i, before in enumerate(g.after):
+            if before not in defined:
+                problems.add(loc + ("after", i), f"'{_short(before, 60)}' is not a generator defined above "
+                                                 f"'{name}'.{did_you_mean(before, defined)} A generator runs after "
+                                                 f"those it names, so they come first under `generate:`.")
+        try:
+            fn, spec = generate.load(g.run, f"generate.{name}.run")
+        except ReleaseError as exc:
+            problems.add(loc + ("run",), str(exc).removeprefix(f"generate.{name}.run: "))
+            continue
+        kwargs = _generator_kwargs(manifest, name, g, fn, spec, problems)
+        if kwargs is None:
+            continue
+        for key in spec.paths:
+            value = kwargs.get(key)
+            if value is None:
+                continue
+            where = loc + ("kwargs", key)
+            if not isinstance(value, str):
+                problems.add(where, f"got {_short(repr(value))}; {g.run} reads it as a path (relative to the project "
+                                    f"folder): give a string.")
+                continue
+            made_by = generate.owner(root / value, outs)
+            if made_by == name:
+                problems.add(where, f"{_short(value)} is inside generate.{name}.out, which this generator writes: "
+                                    f"it cannot read its own output.")
+            elif made_by is not None and made_by not in g.after:
+                problems.add(where, f"{_short(value)} is inside generate.{made_by}.out: add {made_by} to "
+                                    f"generate.{name}.after, so that it runs first.")
+            elif made_by is None:
+                _check_kind(problems, where, value, root, "any", required=True)
+        found[name] = (spec, kwargs)
+    return found
+
+
+def _generator_kwargs(manifest: Manifest, name: str, g: Generator, fn, spec, problems: _Problems) -> dict | None:
+    """generate.<name>.kwargs (and model.kwargs, for a generator that takes them) validated against the
+    function's signature, each problem located; None when any is wrong."""
+    from release import generate
+
+    loc = ("generate", name, "kwargs")
+    count = problems.count
+    if "out" in g.kwargs:
+        problems.add(loc + ("out",), f"out is passed from generate.{name}.out; remove it from generate.{name}.kwargs.")
+    given = {k: v for k, v in g.kwargs.items() if k != "out"}
+    from_model = dict(manifest.model.kwargs) if spec.model_kwargs else {}
+    for key in sorted(set(given) & set(from_model)):
+        problems.add(loc + (key,), f"{g.run} also takes model.kwargs, which set {key} already: remove it here.")
+    try:
+        model = generate.kwargs_model(fn)
+    except Exception as exc:  # noqa: BLE001 - a signature pydantic cannot model: say so, located
+        problems.add(("generate", name, "run"), f"{g.run}: its signature cannot be checked "
+                                                f"({type(exc).__name__}: {exc}).")
+        return None
+    try:
+        validated = model.model_validate({**from_model, **given})
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = err["loc"][0] if err["loc"] else None
+            if key in from_model and key not in given:
+                where, message = _describe(err, model, ("model", "kwargs"))
+                problems.add(where, f"passed to generate.{name} ({g.run}), which takes model.kwargs: {message}")
+            else:
+                problems.add(*_describe(err, model, loc))
+    if problems.count != count:
+        return None
+    return validated.model_dump(mode="json", exclude_unset=True, exclude=set(from_model))
 
 
 # ---------------------------------------------------------------- loading
@@ -338,6 +436,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
     manifest._path = path
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)
+    manifest._generators = _check_generators(manifest, root, problems)
     from release import targets
 
     overrides = {k: getattr(manifest.target, k) for k in manifest.target.model_fields_set if k != "name"}
@@ -395,6 +494,8 @@ def _absolute(manifest: Manifest, root: Path) -> Manifest:
                 updates[name] = root / value
             elif isinstance(value, BaseModel):
                 updates[name] = fix(value)
+            elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+                updates[name] = {k: fix(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
         return model.model_copy(update=updates) if updates else model
 
     return fix(manifest)

@@ -63,19 +63,20 @@ def _get(raw: Any, *keys: str) -> Any:
 def _check_kind(problems: _Problems, loc: tuple, value: Any, root: Path, want: str, required: bool,
                 images: bool = False) -> None:
     """A path the build reads: when it exists (or always, when `required`), it must be a regular
-    file / a folder (not a FIFO, socket, device or kernel pseudo-file, which would hang or fail
-    the hashing), and an images folder must hold images."""
+    file / a folder / either (`want`: "file", "folder", "any"; not a FIFO, socket, device or kernel
+    pseudo-file, which would hang or fail the hashing), and an images folder must hold images."""
     if not isinstance(value, str):
         return  # a wrong type is reported by validation
     path = root / value
     shown = _short(value)
-    noun = "file" if want == "file" else "folder"
+    noun = {"file": "file", "folder": "folder"}.get(want, "file or folder")
     try:
         resolved = path.resolve()
         pseudo = _pseudo(resolved)
         if pseudo is not None:
             problems.add(loc, f"{shown} is on {pseudo}, a kernel pseudo-file system, not a data {noun}: "
-                              f"point it at a {'regular file' if want == 'file' else 'folder'}.")
+                              f"point it at a {'folder' if want == 'folder' else 'regular file'}"
+                              f"{' or a folder' if want == 'any' else ''}.")
             return
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -89,12 +90,32 @@ def _check_kind(problems: _Problems, loc: tuple, value: Any, root: Path, want: s
         problems.add(loc, f"{shown} is not a regular file ({_kind_name(st.st_mode)}): point it at the file itself.")
     elif want == "folder" and not stat.S_ISDIR(st.st_mode):
         problems.add(loc, f"{shown} is not a folder ({_kind_name(st.st_mode)}): point it at a folder.")
+    elif want == "any" and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        problems.add(loc, f"{shown} is neither a regular file nor a folder ({_kind_name(st.st_mode)}).")
     elif images and not _holds_images(path):
         problems.add(loc, f"{shown} holds no image files ({', '.join(IMAGE_SUFFIXES)}) among its first "
                           f"{IMAGE_SCAN} entries: point it at the folder of the split's images.")
 
 
-def _check_written(problems: _Problems, loc: tuple, value: Any, root: Path, raw: dict, example: str) -> Path | None:
+def _resolved(root: Path, value: Any) -> Path | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return (root / value).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _example(value: str, name: str) -> str:
+    """Where under artifacts/ a refused out could go instead: its own name, or the generator's."""
+    base = Path(value).name if "\x00" not in value else ""
+    if base in ("", ".", "..", "artifacts", "stages", "measure", "mlflow") or base.startswith(".") or len(base) > 60:
+        base = name
+    return f"artifacts/{base}"
+
+
+def _check_written(problems: _Problems, loc: tuple, value: Any, root: Path, raw: dict, writer: str,
+                   example: str) -> Path | None:
     """A path the build writes (and may replace wholesale) must resolve inside <root>/artifacts/,
     outside the folders the build manages itself. Returns the resolved path when it is fine."""
     if not isinstance(value, str):
@@ -107,39 +128,76 @@ def _check_written(problems: _Problems, loc: tuple, value: Any, root: Path, raw:
         return None
     if resolved == inside or not resolved.is_relative_to(inside):
         problems.add(loc, f"{_short(value)} resolves to {_short(str(resolved))}, outside the build folder "
-                          f"{artifacts}/: the demo writes here; point it under artifacts/ (e.g. {example}).")
+                          f"{artifacts}/: {writer} writes here; point it under artifacts/ (e.g. {example}).")
         return None
     top = resolved.relative_to(inside).parts[0]
     name = raw.get("name") if isinstance(raw.get("name"), str) else None
     managed = top in ("stages", "measure", "mlflow") or top.startswith(".") or (
         top == name and resolved.relative_to(inside).parts[1:2] == ("release",))
     if managed:
-        problems.add(loc, f"{_short(value)} is inside artifacts/{top}/, which the build manages itself: the demo "
+        problems.add(loc, f"{_short(value)} is inside artifacts/{top}/, which the build manages itself: {writer} "
                           f"writes here; point it at a place of its own under artifacts/ (e.g. {example}).")
         return None
     return resolved
 
 
+def _generator_outs(raw: dict, root: Path, problems: _Problems) -> dict[str, Path | None]:
+    """generate.<name>.out, each checked: inside artifacts/, not a folder the build manages, apart
+    from every other generator's out (each is replaced as a whole), a file or folder when it exists.
+    Returns name -> resolved path, refused ones included, so that what they would hold is not also
+    reported missing."""
+    gens = raw.get("generate")
+    if not isinstance(gens, dict):
+        return {}
+    outs: dict[str, Path | None] = {}
+    accepted: dict[str, Path] = {}
+    for name, g in gens.items():
+        value = g.get("out") if isinstance(g, dict) else None
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        loc = ("generate", name, "out")
+        resolved = _check_written(problems, loc, value, root, raw, f"generate.{name}", _example(value, name))
+        if resolved is not None:
+            other = next((n for n, p in accepted.items() if resolved.is_relative_to(p) or p.is_relative_to(resolved)),
+                         None)
+            if other is not None:
+                problems.add(loc, f"{_short(value)} overlaps generate.{other}.out ({_short(gens[other]['out'])}), "
+                                  f"and each generator replaces its out as a whole: give each one a place of "
+                                  f"its own under artifacts/.")
+            else:
+                accepted[name] = resolved
+                _check_kind(problems, loc, value, root, "any", required=False)
+        outs[name] = resolved or _resolved(root, value)
+    return outs
+
+
 def _check_paths(raw: dict, root: Path, problems: _Problems) -> None:
-    """Paths the build writes stay inside artifacts/; paths it reads are a file / a folder."""
-    demo = isinstance(raw.get("demo"), dict)
+    """Paths the build writes stay inside artifacts/; paths it reads are a file / a folder, unless a
+    generator makes them."""
+    from release.generate import owner
+
+    outs = _generator_outs(raw, root, problems)
+
+    def made_by(value: Any) -> str | None:
+        return owner(_resolved(root, value), outs) if isinstance(value, str) else None
+
     checkpoint = _get(raw, "source", "checkpoint")
-    if demo:
-        data_dir = _check_written(problems, ("demo", "data_dir"), _get(raw, "demo", "data_dir"), root, raw,
-                                  "artifacts/demo/data")
-        ckpt = _check_written(problems, ("source", "checkpoint"), checkpoint, root, raw,
-                              "artifacts/demo/train_last.ckpt")
-        if data_dir is not None and ckpt is not None and (
-                ckpt.is_relative_to(data_dir) or data_dir.is_relative_to(ckpt)):
-            problems.add(("source", "checkpoint"), "the demo trains this checkpoint and regenerates demo.data_dir as "
-                                                   "a whole: keep the checkpoint outside demo.data_dir.")
-        _check_kind(problems, ("demo", "data_dir"), _get(raw, "demo", "data_dir"), root, "folder", required=False)
-    _check_kind(problems, ("source", "checkpoint"), checkpoint, root, "file", required=False)
+    if made_by(checkpoint) is None:
+        _check_kind(problems, ("source", "checkpoint"), checkpoint, root, "file", required=False)
     for split in ("train", "calibration", "tuning", "eval"):
         ref = _get(raw, "data", split)
         if not isinstance(ref, dict):
             continue
+        owners = {key: made_by(ref.get(key)) for key in ("annotations", "images") if isinstance(ref.get(key), str)}
+        made = [key for key, name in owners.items() if name is not None]
+        if made and len(made) < len(owners):
+            other = next(key for key in owners if key not in made)
+            problems.add(("data", split), f"data.{split}.{made[0]} is inside generate.{owners[made[0]]}.out, but "
+                                          f"data.{split}.{other} is not: a split is read from one place; point "
+                                          f"both into what generate.{owners[made[0]]} makes, or both at your own "
+                                          f"data.")
+            continue
         _check_kind(problems, ("data", split, "annotations"), ref.get("annotations"), root, "file",
-                    required=not demo)
-        _check_kind(problems, ("data", split, "images"), ref.get("images"), root, "folder", required=not demo,
-                    images=not demo)
+                    required=not made)
+        _check_kind(problems, ("data", split, "images"), ref.get("images"), root, "folder", required=not made,
+                    images=not made)

@@ -1,4 +1,5 @@
-"""The build plan: fingerprinted stage, measurement and gate nodes, as one record written once.
+"""The build plan: fingerprinted generator, stage, measurement and gate nodes, as one record
+written once.
 
 release/planner.py makes a Plan from a manifest (parsing, validation, fingerprints); this module is
 the plan itself, plain data with no pydantic, and its record `artifacts/<name>/plan.json`. The
@@ -22,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  # 2: the generators of the manifest's generate section
 OUTPUT_FILE: dict[str, str] = {"weights": "weights.safetensors", "onnx": "model.onnx"}
 ENV_PREFIXES = ("RELEASE_", "MLFLOW_")  # environment variables planning may read
 
@@ -48,6 +49,7 @@ class StageNode:
     out_dir: Path
     produces: str
     data_deps: list[Path]
+    after: list[str] = field(default_factory=list)  # generators whose outputs it reads: it waits for them
     variants: list[str] = field(default_factory=list)
 
     @property
@@ -64,6 +66,26 @@ class StageNode:
 
 
 @dataclass
+class GeneratorNode:
+    """One entry of the manifest's `generate:` section, planned (release/generate.py)."""
+
+    name: str
+    run: str                  # package.module:function
+    kwargs: dict              # what it is called with beside `out` (path kwargs resolved) and model.kwargs
+    out: Path
+    writes: str               # "folder" or "file"
+    fingerprint: str
+    after: list[str]          # generators it waits for (their fingerprints are in its own)
+    model_kwargs: bool        # it also takes model.kwargs (it trains the model), after the model check
+    targets: list[Path] = field(default_factory=list)  # the files the manifest reads that it makes
+    expects: dict[str, str] = field(default_factory=dict)  # field -> path inside a folder out it must write
+
+    @property
+    def task_name(self) -> str:
+        return f"generate:{self.name}"
+
+
+@dataclass
 class Plan:
     name: str
     version: str
@@ -77,13 +99,13 @@ class Plan:
     budget: dict
     select: str
     tracking: dict
-    demo: dict | None
+    generators: dict[str, GeneratorNode]  # name -> node, in the manifest's order
     source_fp: str
     data_fp: dict[str, str]
+    data_after: dict[str, list[str]]      # split -> the generators its files come from
     nodes: dict[str, StageNode]           # fingerprint -> node, in build order
     final: dict[str, str]                 # variant -> fingerprint of its last node
     chains: dict[str, list[str]]          # variant -> fingerprints in pipeline order
-    demo_fp: dict[str, str]               # "data" / "train" -> fingerprint, when the manifest has a demo
     checked: list[str]                    # fingerprints of the nodes the model check covers
     keys: dict                            # measurement keys: "size", and "map" / "latency" per fingerprint
 
@@ -136,8 +158,10 @@ class Plan:
             n = {**n, "input": Path(n["input"]), "out_dir": Path(n["out_dir"]),
                  "data_deps": [Path(p) for p in n["data_deps"]]}
             nodes[n["fingerprint"]] = StageNode(**n)
-        fields = {k: v for k, v in doc.items() if k not in ("nodes", "manifest", "root")}
-        return cls(**fields, nodes=nodes, manifest=Path(doc["manifest"]), root=Path(doc["root"]))
+        generators = {name: GeneratorNode(**{**g, "out": Path(g["out"]), "targets": [Path(t) for t in g["targets"]]})
+                      for name, g in doc["generators"].items()}
+        fields = {k: v for k, v in doc.items() if k not in ("nodes", "generators", "manifest", "root")}
+        return cls(**fields, nodes=nodes, generators=generators, manifest=Path(doc["manifest"]), root=Path(doc["root"]))
 
 
 # ---------------------------------------------------------------- stamps

@@ -10,13 +10,11 @@ from pathlib import Path
 
 from release import fingerprint, stages
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
+from release.generate import owner
 from release.manifest import Inputs, Manifest
-from release.plan import Plan, StageNode, short
+from release.plan import GeneratorNode, Plan, StageNode, short
 from release.usercode import module_file
 
-SPLITS = ("train", "calibration", "eval")
-DEMO_MODULES = ("release.models.demo.shapes", "release.models.demo.detector", "release.models.demo.train",
-                "release.optim")
 # Code every stage runs through (the contract, building the user's model and adapter): a fix in any
 # of these rebuilds everything. Code only some stages use (checkpoint reading, the weights format,
 # data order, training) is named by those stages' SPEC.code, so a fix there rebuilds only them
@@ -30,26 +28,88 @@ def code_hash(modules: tuple[str, ...]) -> str:
     return digest([source_hash(module_file(m)) for m in modules])
 
 
-def _demo_fingerprints(manifest: Manifest) -> dict[str, str]:
-    demo = manifest.demo
-    code = {m: source_hash(module_file(m)) for m in DEMO_MODULES}
-    data = digest("demo-data", demo.seed, demo.image_size, demo.train_images, demo.calibration_images,
-                  demo.eval_images, code["release.models.demo.shapes"])
-    train = digest("demo-train", data, demo.steps, demo.batch_size, demo.lr, manifest.model.kwargs,
-                   code, tool_versions(("torch",)))
-    return {"data": data, "train": train}
+class _Generated:
+    """What the manifest's generators make: the fingerprint of a path inside a generator's out, and
+    the generator tasks that reading it waits for."""
+
+    def __init__(self, generators: dict[str, GeneratorNode]):
+        self.generators = generators
+        self.outs = {name: g.out for name, g in generators.items()}
+
+    def by(self, path: Path | None) -> str | None:
+        return owner(path, self.outs)
+
+    def fingerprint(self, path: Path) -> str:
+        """The generator's fingerprint with where `path` lies inside its out."""
+        g = self.generators[self.by(path)]
+        return digest(g.fingerprint, self.relative(path))
+
+    def relative(self, path: Path) -> str:
+        name = self.by(path)
+        return str(Path(path).resolve().relative_to(self.outs[name].resolve()))
+
+    def after(self, paths) -> list[str]:
+        return sorted({name for name in map(self.by, paths) if name is not None})
 
 
-def _data_fingerprints(manifest: Manifest, hashes: HashCache, demo_fp: dict) -> dict[str, str]:
-    """Only splits that something reads are hashed: eval (mAP) and what the stages declare."""
+def _generator_nodes(manifest: Manifest, root: Path, hashes: HashCache) -> dict[str, GeneratorNode]:
+    """One node per generator, in order. Its fingerprint: name, run, kwargs, model.kwargs when it takes
+    them, its module's and declared code's source, its tools' versions, the fingerprints of the
+    generators it comes after, and the content of any path kwarg no generator makes."""
+    nodes: dict[str, GeneratorNode] = {}
+    outs = {name: g.out for name, g in manifest.generate.items()}
+    for name, g in manifest.generate.items():
+        spec, kwargs = manifest.generators[name]
+        resolved, read = dict(kwargs), {}
+        for key in spec.paths:
+            if isinstance(kwargs.get(key), str):
+                path = root / kwargs[key]
+                resolved[key] = str(path)
+                if owner(path, outs) is None:  # the user's own file or folder: its content
+                    fingerprint.READ.add(str(path))
+                    read[key] = hashes.file(path) if path.is_file() else hashes.folder(path) if path.is_dir() \
+                        else "missing"
+        fp = digest("generate", name, g.run, kwargs, manifest.model.kwargs if spec.model_kwargs else None,
+                    source_hash(module_file(g.run)), [source_hash(module_file(m)) for m in spec.code],
+                    tool_versions(spec.tools), [nodes[a].fingerprint for a in g.after], read)
+        nodes[name] = GeneratorNode(name=name, run=g.run, kwargs=resolved, out=g.out, writes=spec.writes,
+                                    fingerprint=fp, after=list(g.after), model_kwargs=spec.model_kwargs)
+    _what_the_manifest_reads(manifest, _Generated(nodes))
+    return nodes
+
+
+def _what_the_manifest_reads(manifest: Manifest, generated: _Generated) -> None:
+    """Each generator's targets (the files the manifest reads that it makes, and a file out) and, for
+    a folder out, the paths it must have written before its output is committed."""
+    reads = [(f"data.{split}.{key}", getattr(ref, key)) for split in ("train", "calibration", "tuning", "eval")
+             if (ref := getattr(manifest.data, split)) is not None for key in ("annotations", "images")
+             if getattr(ref, key) is not None] + [("source.checkpoint", manifest.source.checkpoint)]
+    for field, path in reads:
+        name = generated.by(path)
+        if name is None:
+            continue
+        node = generated.generators[name]
+        if node.writes == "folder":
+            node.expects[field] = generated.relative(path)
+        if not field.endswith(".images") and path not in node.targets:  # doit targets are files
+            node.targets.append(path)
+    for node in generated.generators.values():
+        if node.writes == "file" and node.out not in node.targets:
+            node.targets.append(node.out)
+
+
+def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Generated) -> dict[str, str]:
+    """Only splits that something reads are hashed: eval (mAP) and what the stages declare. A split a
+    generator makes takes its fingerprint from the generator (its files do not exist yet)."""
     used = {"eval"} | {s for pipeline in manifest.pipelines.values() for name, params in pipeline
                        for s in stages.load(name).reads(params)}
     data_fp = {}
     for split in sorted(used):
         ref = getattr(manifest.data, split)
-        fingerprint.READ.update(str(p) for p in (ref.annotations, ref.images) if p is not None)
-        if manifest.demo:
-            data_fp[split] = digest(demo_fp["data"], split, ref.limit)
+        paths = [p for p in (ref.annotations, ref.images) if p is not None]
+        fingerprint.READ.update(str(p) for p in paths)
+        if generated.after(paths):  # a split partly generated is refused when the manifest loads
+            data_fp[split] = digest([generated.fingerprint(p) for p in paths if generated.by(p)], ref.limit)
         elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.is_file()):
             data_fp[split] = digest(hashes.split(ref.annotations, ref.images), ref.limit)
         else:
@@ -57,7 +117,14 @@ def _data_fingerprints(manifest: Manifest, hashes: HashCache, demo_fp: dict) -> 
     return data_fp
 
 
-def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: dict):
+def _data_after(manifest: Manifest, generated: _Generated) -> dict[str, list[str]]:
+    """split -> the generators its files come from (the tasks that read it wait for them)."""
+    return {split: generated.after([ref.annotations, ref.images])
+            for split in ("train", "calibration", "tuning", "eval") if (ref := getattr(manifest.data, split))}
+
+
+def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: dict, data_after: dict,
+                 source_after: list[str]):
     framework = code_hash(FRAMEWORK_MODULES)
     spec, source = manifest.model, manifest.source
     model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
@@ -84,12 +151,15 @@ def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: d
                 *([refs] if refs else []),
             )
             if fp not in nodes:
-                # Data a stage only verifies against joins file_dep just where the build generates it
-                # (for ordering); editing it must not re-run the stage, whose output it cannot change.
-                verified = sspec.verifies if manifest.demo else ()
-                deps = sorted({getattr(manifest.data, s).annotations for s in reads + verified} - {None})
+                # Data a stage only verifies against stays out of file_dep (editing it must not re-run
+                # the stage, whose output it cannot change); when a generator makes it, the stage
+                # waits for that generator's task, as for the data it reads.
+                deps = sorted({getattr(manifest.data, s).annotations for s in reads} - {None})
+                after = sorted({g for s in reads + sspec.verifies for g in data_after.get(s, [])} |
+                               set(source_after if current == manifest.source.checkpoint else []))
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp,
-                                      current, artifacts / "stages" / name / short(fp), sspec.produces, deps)
+                                      current, artifacts / "stages" / name / short(fp), sspec.produces, deps,
+                                      after=after)
             node = nodes[fp]
             node.variants.append(variant)
             current = node.output
@@ -117,23 +187,26 @@ def build(manifest: Manifest, root: Path) -> Plan:
     root = Path(root)
     artifacts = root / "artifacts"
     hashes = HashCache(artifacts / ".cache" / "hashes.json")
-    demo_fp = _demo_fingerprints(manifest) if manifest.demo else {}
-    data_fp = _data_fingerprints(manifest, hashes, demo_fp)
+    generators = _generator_nodes(manifest, root, hashes)
+    generated = _Generated(generators)
+    data_fp = _data_fingerprints(manifest, hashes, generated)
+    data_after = _data_after(manifest, generated)
     checkpoint = manifest.source.checkpoint
     fingerprint.READ.add(str(checkpoint))
-    if manifest.demo:
-        source_fp = demo_fp["train"]
+    source_after = generated.after([checkpoint])
+    if source_after:
+        source_fp = generated.fingerprint(checkpoint)
     else:
         source_fp = hashes.file(checkpoint) if checkpoint.is_file() else "missing"
     hashes.save()
-    nodes, chains = _stage_nodes(manifest, artifacts, source_fp, data_fp)
+    nodes, chains = _stage_nodes(manifest, artifacts, source_fp, data_fp, data_after, source_after)
     final = {variant: chain[-1] for variant, chain in chains.items()}
     checked = [fp for fp, n in nodes.items() if stages.load(n.stage).has("check") or stages.load(n.stage).SPEC.uses_model]
     inputs = Inputs.of(manifest).model_dump(mode="json")
     return Plan(name=manifest.name, version=manifest.version, manifest=manifest.path, root=root, inputs=inputs,
                 target=manifest.device, measure=manifest.measure.model_dump(mode="json"),
                 budget=manifest.budget.model_dump(mode="json"), select=manifest.select,
-                tracking=manifest.tracking.model_dump(mode="json"),
-                demo=manifest.demo.model_dump(mode="json") if manifest.demo else None,
-                source_fp=source_fp, data_fp=data_fp, nodes=nodes, final=final, chains=chains, demo_fp=demo_fp,
-                checked=checked, keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))))
+                tracking=manifest.tracking.model_dump(mode="json"), generators=generators,
+                source_fp=source_fp, data_fp=data_fp, data_after=data_after, nodes=nodes, final=final,
+                chains=chains, checked=checked,
+                keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))))

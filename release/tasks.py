@@ -1,4 +1,5 @@
-"""doit task dicts for a build plan: one task per stage node, per measurement, and the gate.
+"""doit task dicts for a build plan: one task per generator, per stage node, per measurement, and
+the gate.
 
 Each stage task's file_dep is its input artifact (and the annotations of data it reads), its
 targets are its output and record, and its output folder is named by its fingerprint: a changed
@@ -33,31 +34,29 @@ def _rmtree(path: Path):
     return (shutil.rmtree, [str(path)], {"ignore_errors": True})
 
 
-def demo_tasks(plan: Plan):
-    d = plan.demo
-    if d is None:
-        return
-    data_dir = Path(d["data_dir"])
-    ann = [data_dir / s / "annotations.json" for s in ("train", "calibration", "eval")]
-    yield {
-        "name": "data", "doc": "generate the synthetic shapes dataset (train, calibration, eval)",
-        "actions": [(actions.make_demo_data, [_job(plan, demo=d, data_dir=str(data_dir),
-                                                   fingerprint=plan.demo_fp["data"])])],
-        "targets": _rel(plan, ann),
-        "uptodate": [(ownership.is_current_folder, [str(data_dir), plan.demo_fp["data"]])],
-        "clean": [(ownership.remove_owned, [str(data_dir)])], "verbosity": 2,
-    }
-    yield {
-        "name": "train", "doc": "train the demo detector; writes a Lightning-style training checkpoint",
-        "actions": [(actions.train_demo, [_job(plan, demo=d, data_dir=str(data_dir),
-                                              checkpoint=str(plan.checkpoint),
-                                              model_kwargs=plan.inputs["model"]["kwargs"],
-                                              fingerprint=plan.demo_fp["train"])])],
-        "file_dep": _rel(plan, ann[:1]), "targets": _rel(plan, [plan.checkpoint]),
-        "uptodate": [(ownership.is_current_file, [str(plan.checkpoint), plan.demo_fp["train"]])],
-        "clean": [(ownership.remove_owned, [str(plan.checkpoint)])], "verbosity": 2,
-        "task_dep": _check_dep(plan),
-    }
+def generate_tasks(plan: Plan):
+    """One task per generator (the manifest's `generate:` section), in order: up to date while its
+    out carries the build's mark for its fingerprint; `doit clean` removes only what carries it."""
+    for g in plan.generators.values():
+        job = _job(plan, name=g.name, run=g.run, kwargs=g.kwargs, out=str(g.out), writes=g.writes,
+                   fingerprint=g.fingerprint, expects=g.expects,
+                   model_kwargs=plan.inputs["model"]["kwargs"] if g.model_kwargs else {})
+        current = ownership.is_current_folder if g.writes == "folder" else ownership.is_current_file
+        yield {
+            "name": g.name, "doc": f"{g.run} writes {relative(g.out, plan.root)}",
+            "actions": [(actions.generate, [job])],
+            "file_dep": _rel(plan, [t for name in g.after for t in plan.generators[name].targets]),
+            "targets": _rel(plan, g.targets),
+            "uptodate": [(current, [str(g.out), g.fingerprint])],
+            "clean": [(ownership.remove_owned, [str(g.out)])], "verbosity": 2,
+            # One that trains the model waits for the model check: a typo costs seconds, not a training run.
+            "task_dep": [plan.generators[name].task_name for name in g.after] +
+                        (_check_dep(plan) if g.model_kwargs else []),
+        }
+
+
+def _generated(plan: Plan, names) -> list[str]:
+    return [plan.generators[name].task_name for name in names]
 
 
 def _check_dep(plan: Plan) -> list[str]:
@@ -66,7 +65,8 @@ def _check_dep(plan: Plan) -> list[str]:
 
 def check_tasks(plan: Plan):
     """Stages that can check the manifest against the model (prune patterns, a student's outputs,
-    an adapter's loss) do so in one task that runs before the demo training and every stage."""
+    an adapter's loss) do so in one task that runs before every stage and every generator that
+    trains the model."""
     if not plan.checked:
         return
     from release.fingerprint import digest
@@ -92,7 +92,7 @@ def stage_tasks(plan: Plan):
             "file_dep": _rel(plan, [node.input, *node.data_deps]),
             "targets": _rel(plan, [node.output, node.record]),
             "clean": [_rmtree(node.out_dir), _rmtree(node.out_dir.with_name(node.out_dir.name + ".resume"))],
-            "verbosity": 2, "task_dep": _check_dep(plan),
+            "verbosity": 2, "task_dep": _check_dep(plan) + _generated(plan, node.after),
         }
 
 
@@ -115,7 +115,7 @@ def measure_tasks(plan: Plan):
             "actions": [(actions.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)), **_inputs(plan))])],
             "file_dep": _rel(plan, [model, *filter(None, [plan.eval_annotations])]),
             "targets": _rel(plan, [plan.map_file(node)]),
-            "clean": True, "verbosity": 2,
+            "clean": True, "verbosity": 2, "task_dep": _generated(plan, plan.data_after.get("eval", [])),
         }
         device = plan.target
         yield {

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny manifests whose demo builds in seconds, and a doit runner."""
+"""Shared fixtures: tiny manifests whose generated demo builds in seconds, and a doit runner."""
 
 from __future__ import annotations
 
@@ -24,8 +24,15 @@ def tiny_manifest_dict(**overrides) -> dict:
                   "adapter": "release.models.demo.detector:Adapter", "input_shape": [1, 3, 64, 64]},
         "data": {s: {"annotations": f"{data}/{s}/annotations.json", "images": f"{data}/{s}/images"}
                  for s in ("train", "calibration", "eval")},
-        "demo": {"data_dir": data, "seed": 0, "image_size": 64, "train_images": 48,
-                 "calibration_images": 8, "eval_images": 16, "steps": 20, "batch_size": 8, "lr": 0.004},
+        "generate": {
+            "data": {"run": "release.models.demo.generate:data", "out": data,
+                     "kwargs": {"seed": 0, "image_size": 64, "train_images": 48, "calibration_images": 8,
+                                "eval_images": 16}},
+            "checkpoint": {"run": "release.models.demo.generate:checkpoint", "out": "artifacts/demo/train_last.ckpt",
+                           "kwargs": {"data": data, "image_size": 64, "steps": 20, "batch_size": 8, "lr": 0.004,
+                                      "seed": 0},
+                           "after": ["data"]},
+        },
         "target": {"name": "tiny-host", "threads": 1},
         "measure": {"warmup": 2, "runs": 30},
         "budget": {"size_mb": 100.0},
@@ -37,10 +44,23 @@ def tiny_manifest_dict(**overrides) -> dict:
     return doc
 
 
+def generated_at(doc: dict, data: str | None = None, checkpoint: str | None = None) -> dict:
+    """The tiny manifest with its generated data (and the splits read from it) at `data`, and its
+    generated checkpoint (source.checkpoint with it) at `checkpoint`."""
+    gen = doc["generate"]
+    if data is not None:
+        gen["data"]["out"] = gen["checkpoint"]["kwargs"]["data"] = data
+        doc["data"] = {s: {"annotations": f"{data}/{s}/annotations.json", "images": f"{data}/{s}/images"}
+                       for s in ("train", "calibration", "eval")}
+    if checkpoint is not None:
+        gen["checkpoint"]["out"] = doc["source"]["checkpoint"] = checkpoint
+    return doc
+
+
 def placeholder_data(root: Path) -> None:
     """The tiny manifest's splits as paths on disk under `root` (a stand-in json and one image
-    each), for tests that drop the demo section and never read the data: a manifest without a demo
-    must name data that exists."""
+    each), for tests that drop the generate section and never read the data: a manifest whose
+    data no generator makes must name data that exists."""
     for split in ("train", "calibration", "eval"):
         folder = Path(root) / "artifacts" / "demo" / "data" / split
         (folder / "images").mkdir(parents=True, exist_ok=True)

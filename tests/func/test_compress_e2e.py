@@ -41,7 +41,7 @@ def test_pruned_sparse_and_distilled_variants_are_built_and_measured(compressed)
     root, done = compressed
     assert done.returncode == 0, done.stdout + done.stderr
     ran = executed(done.stdout)
-    assert "check:tiny" in ran and not any(t.startswith("demo:") for t in ran)  # the demo is reused
+    assert "check:tiny" in ran and not any(t.startswith("generate:") for t in ran)  # the demo is reused
     for stage in ("prune", "finetune", "distill"):
         assert any(t.startswith(f"stage:{stage}@") for t in ran), ran
     rows = json.loads((root / "artifacts/tiny/report.json").read_text())["variants"]
@@ -73,7 +73,8 @@ def test_a_pattern_that_matches_no_layer_stops_the_build_before_training(tmp_pat
     assert done.returncode != 0
     assert f"{path}: 1 problem" in text and "variants.pruned[1].prune.layers.donw32.*" in text
     assert "matches no prunable" in text and "Closest layers: down32" in text
-    assert "demo:train" not in executed(done.stdout) and not (tmp_path / "artifacts/demo/train_last.ckpt").exists()
+    assert "generate:checkpoint" not in executed(done.stdout)
+    assert not (tmp_path / "artifacts/demo/train_last.ckpt").exists()
     assert "Traceback" not in text
 
 

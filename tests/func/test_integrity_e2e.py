@@ -15,7 +15,8 @@ import pytest
 
 from release import buildlock
 from release.fingerprint import file_sha256
-from tests.conftest import DODO, copy_project, executed, kill_build_when, run_doit, tiny_manifest_dict, write_manifest
+from tests.conftest import (DODO, copy_project, executed, generated_at, kill_build_when, run_doit, tiny_manifest_dict,
+                            write_manifest)
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_sigkill_during_tracking_never_publishes_the_killed_runs_model(project):
     assert done.returncode == 0, done.stdout + done.stderr
     ran = executed(done.stdout)
     # doit's state of every task the killed run finished survived: no stage or measurement again.
-    assert not [t for t in ran if t.startswith(("stage:", "measure:", "demo:"))], ran
+    assert not [t for t in ran if t.startswith(("stage:", "measure:", "generate:"))], ran
     assert "gate:tiny" in ran  # the report on disk was the killed run's: not up to date
     again = _report(project)
     assert {n: v["fingerprint"] for n, v in again["variants"].items()} == \
@@ -71,8 +72,9 @@ def test_a_lost_doit_state_does_not_rebuild_committed_outputs(project):
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "already committed; not run again" in out and "already measured; not measured again" in out
-    assert "already trained for" in out and "demo:data" not in executed(out)  # verified by its mark
-    assert "demo training: {" not in out and "quantize: calibration" not in out  # nothing heavy re-ran
+    assert "generate.checkpoint: " in out and "already made for" in out  # verified by its mark
+    assert "generate:data" not in executed(out)
+    assert "generate.checkpoint: {" not in out and "quantize: calibration" not in out  # nothing heavy re-ran
 
 
 def test_a_damaged_output_is_rebuilt_not_trusted(project):
@@ -166,16 +168,12 @@ def test_concurrent_builds_do_not_crash_each_other(project):
     assert sum(any(t.startswith("measure:latency") for t in r) for r in ran) == 1  # measured once
 
 
-def test_demo_never_replaces_what_it_did_not_make(project):
-    """Finding 2: demo.data_dir at an existing folder, source.checkpoint at an existing file."""
+def test_a_generator_never_replaces_what_it_did_not_make(project):
+    """Finding 2: generate.data.out at an existing folder, generate.checkpoint.out at an existing file."""
     theirs = project / "artifacts" / "theirs"
     theirs.mkdir()
     (theirs / "keep.txt").write_text("mine")
-    data = str(theirs.relative_to(project))
-    doc = tiny_manifest_dict(name="other")
-    doc["demo"]["data_dir"] = data
-    doc["data"] = {s: {"annotations": f"{data}/{s}/annotations.json", "images": f"{data}/{s}/images"}
-                   for s in ("train", "calibration", "eval")}
+    doc = generated_at(tiny_manifest_dict(name="other"), data=str(theirs.relative_to(project)))
     write_manifest(project, doc, "other.yaml")
     done = run_doit(project, "release", "manifest=other.yaml")
     assert done.returncode != 0
@@ -184,9 +182,9 @@ def test_demo_never_replaces_what_it_did_not_make(project):
 
     ckpt = project / "artifacts" / "their.ckpt"
     ckpt.write_bytes(b"precious")
-    doc = tiny_manifest_dict(name="other2", source={"checkpoint": "artifacts/their.ckpt", "drop": ["aux_head.*"]})
+    doc = generated_at(tiny_manifest_dict(name="other2"), checkpoint="artifacts/their.ckpt")
     write_manifest(project, doc, "other2.yaml")
     done = run_doit(project, "release", "manifest=other2.yaml")
     assert done.returncode != 0
-    assert "source.checkpoint" in done.stdout + done.stderr and "never replaced" in done.stdout + done.stderr
+    assert "generate.checkpoint.out" in done.stdout + done.stderr and "never replaced" in done.stdout + done.stderr
     assert ckpt.read_bytes() == b"precious"

@@ -28,7 +28,7 @@ def test_first_build_publishes_a_complete_release(built):
     assert sum(t.startswith("stage:strip@") for t in ran) == 1
     assert sum(t.startswith("stage:export@") for t in ran) == 1
     assert sum(t.startswith("stage:quantize@") for t in ran) == 1
-    assert "demo:train" in ran and "gate:tiny" in ran
+    assert "generate:data" in ran and "generate:checkpoint" in ran and "gate:tiny" in ran
     report = json.loads((built / "artifacts/tiny/report.json").read_text())
     assert report["passed"] and report["selected"] in ("fp32", "int8")
     for row in report["variants"].values():
@@ -73,7 +73,7 @@ def test_param_change_rebuilds_only_what_depends_on_it(built):
     ran = executed(done.stdout)
     assert sorted(t.split("@")[0] for t in ran if "@" in t) == ["measure:latency", "measure:map", "measure:size",
                                                                 "stage:quantize"], ran
-    assert not any(t.startswith(("demo:", "stage:strip", "stage:export")) for t in ran)
+    assert not any(t.startswith(("generate:", "stage:strip", "stage:export")) for t in ran)
     write_manifest(built, tiny_manifest_dict())  # back to the original for the tests that follow
 
 
@@ -84,7 +84,7 @@ def test_missed_budget_exits_nonzero_with_the_table(built):
     assert done.returncode == 1
     text = done.stdout + done.stderr
     # Shared fingerprints: another manifest with the same pipelines reuses every stage.
-    assert not any(t.startswith(("stage:", "measure:", "demo:")) for t in executed(done.stdout))
+    assert not any(t.startswith(("stage:", "measure:", "generate:")) for t in executed(done.stdout))
     assert "no variant of tiny_strict meets its budgets" in text
     assert "fp32: size" in text and "vs max 0.001" in text and "mAP" in text
     assert "Traceback" not in text
@@ -104,7 +104,7 @@ def test_bad_manifest_gives_a_located_error(built):
 
 def test_mismatched_checkpoint_gives_the_key_report(built):
     doc = tiny_manifest_dict(name="mismatch")
-    del doc["demo"]  # use the checkpoint the first build trained (width 0.5) ...
+    del doc["generate"]  # use the checkpoint and data the first build made (width 0.5) ...
     doc["model"]["kwargs"]["width"] = 0.25  # ... with a model of another width
     write_manifest(built, doc, "mismatch.yaml")
     done = run_doit(built, "release", "manifest=mismatch.yaml")
@@ -130,7 +130,7 @@ def test_doit_list_clean_and_parallel(built):
 
 def test_interrupted_build_resumes(tmp_path):
     doc = tiny_manifest_dict()
-    doc["demo"]["train_images"] = 600  # long enough to be caught mid-write
+    doc["generate"]["data"]["kwargs"]["train_images"] = 600  # long enough to be caught mid-write
     write_manifest(tmp_path, doc)
     demo = tmp_path / "artifacts" / "demo"
     caught = kill_build_when(tmp_path, lambda: demo.is_dir() and any(".tmp-" in p.name for p in demo.iterdir()))
@@ -138,6 +138,6 @@ def test_interrupted_build_resumes(tmp_path):
     assert not (demo / "data" / "train" / "annotations.json").exists()  # nothing half-written in place
     done = run_doit(tmp_path, "release", "manifest=tiny.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "demo:data" in executed(done.stdout)
+    assert "generate:data" in executed(done.stdout)
     assert (tmp_path / "artifacts/tiny/release/0.0.1/model.onnx").is_file()
     assert not [p for p in demo.iterdir() if ".tmp-" in p.name]  # leftovers cleared on resume

@@ -38,7 +38,7 @@ def tiny_project(tmp_path_factory) -> TinyProject:
     summary = train(data, ckpt, num_classes=3, width=0.5, image_size=64, steps=TEACHER_STEPS, batch_size=16,
                     lr=1.2e-2, seed=0, progress=False)
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     path = write_manifest(root, doc)
     manifest = manifests.load(path, root)
     out = root / "teacher"

@@ -85,7 +85,7 @@ def _map(project, manifest, weights, out) -> float:
 def _strip_ctx(project, path, name: str, out, params=None, **source) -> StageContext:
     """A strip context for `path` under a tiny manifest whose source is that checkpoint."""
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     doc["source"] = {"checkpoint": str(path), **source}
     manifest = manifests.load(write_manifest(project.root, doc, name), project.root)
     out.mkdir()
@@ -192,7 +192,7 @@ def test_strict_false_needs_an_allow_list_and_is_recorded(tiny_project, raw, tmp
     path = tmp_path / "partial.pth"
     torch.save(partial, path)
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     placeholder_data(tmp_path)
 
     def strip_with(**source):

@@ -269,7 +269,7 @@ def _demo_state(width: float = 0.5, aux: bool = False) -> dict:
 
 def _strip(tmp_path: Path, path: Path, params=None, **source):
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     placeholder_data(tmp_path)
     doc["source"] = {"checkpoint": str(path), **source}
     manifest = manifests.load(write_manifest(tmp_path, doc, f"{path.stem}.yaml"), tmp_path)

@@ -1,5 +1,5 @@
 from release import cli
-from tests.conftest import tiny_manifest_dict, write_manifest
+from tests.conftest import placeholder_data, tiny_manifest_dict, write_manifest
 
 
 def test_validate_prints_the_plan_without_building(tmp_path, capsys):
@@ -40,6 +40,8 @@ def test_validate_imports_a_builder_from_the_project_folder_like_doit(tmp_path):
 def test_check_checks_model_kwargs_without_a_check_stage(tmp_path, capsys):
     doc = tiny_manifest_dict()
     doc["model"]["kwargs"]["widht"] = doc["model"]["kwargs"].pop("width")
+    doc.pop("generate")  # a generator that takes model.kwargs refuses the typo as the manifest loads
+    placeholder_data(tmp_path)
     path = write_manifest(tmp_path, doc)
     assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -38,17 +38,24 @@ def test_configs_have_the_documented_keys():
     assert tiny_config()["steps"] < default_config()["steps"]
 
 
-def test_default_config_is_what_the_manifest_and_recipe_use():
+def test_default_config_is_what_the_generators_and_recipe_use():
     """The trainer's defaults are stated in three places; they must not drift apart."""
-    from release.manifest import Demo, load
+    import inspect
+
+    from release.manifest import load
+    from release.models.demo import generate
     from tests.conftest import REPO
 
-    cfg, demo = default_config(), Demo(data_dir="x")
+    cfg = default_config()
     recipe = load(REPO / "recipes" / "rpi_detector.yaml", REPO)
-    for key in ("seed", "image_size", "train_images", "calibration_images", "eval_images", "steps",
-                "batch_size", "lr"):
-        assert cfg[key] == getattr(demo, key) == getattr(recipe.demo, key), key
-    assert {k: cfg[k] for k in ("num_classes", "width")} == recipe.model.kwargs
+    for name, keys in (("data", ("seed", "image_size", "train_images", "calibration_images", "eval_images")),
+                       ("checkpoint", ("seed", "image_size", "steps", "batch_size", "lr"))):
+        defaults = inspect.signature(getattr(generate, name)).parameters
+        for key in keys:
+            assert cfg[key] == defaults[key].default == recipe.generate[name].kwargs[key], (name, key)
+    defaults = inspect.signature(generate.checkpoint).parameters
+    assert {k: cfg[k] for k in ("num_classes", "width")} == recipe.model.kwargs == \
+        {k: defaults[k].default for k in ("num_classes", "width")}
 
 
 def test_loss_falls(trained):

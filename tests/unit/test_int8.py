@@ -117,7 +117,7 @@ def _yolo(tiny_project, root, nested=False):
     """The tiny project's trained detector with a YOLO-style output, exported; and its fp32 mAP."""
     root.mkdir(parents=True, exist_ok=True)
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     doc["model"] = {"builder": "tests.models:build_yolo_style",
                     "kwargs": {"num_classes": 3, "width": 0.5, "nested": nested},
                     "adapter": "tests.models:YoloStyleAdapter", "input_shape": [1, 3, 64, 64]}

@@ -6,7 +6,7 @@ import yaml
 
 from release import manifest
 from release.errors import ManifestError
-from tests.conftest import REPO, tiny_manifest_dict, write_manifest
+from tests.conftest import REPO, generated_at, placeholder_data, tiny_manifest_dict, write_manifest
 
 
 def load_doc(tmp_path: Path, doc: dict):
@@ -64,10 +64,11 @@ def test_a_stage_that_reads_missing_data_is_an_error(tmp_path):
         load_doc(tmp_path, doc)
 
 
-def test_demo_data_paths_must_match(tmp_path):
+def test_a_split_is_generated_whole_or_not_at_all(tmp_path):
     doc = tiny_manifest_dict()
     doc["data"]["eval"]["images"] = "elsewhere/images"
-    with pytest.raises(ManifestError, match=r"data.eval: with a demo section"):
+    with pytest.raises(ManifestError, match=r"data.eval: data.eval.annotations is inside generate.data.out, but "
+                                            r"data.eval.images is not"):
         load_doc(tmp_path, doc)
 
 
@@ -151,45 +152,41 @@ def test_ordinary_versions_still_load(tmp_path):
         assert load_doc(tmp_path, tiny_manifest_dict(version=version)).version == version
 
 
-def demo_doc(data_dir: str, checkpoint: str = "artifacts/demo/train_last.ckpt") -> dict:
-    doc = tiny_manifest_dict()
-    doc["demo"]["data_dir"] = data_dir
-    doc["source"]["checkpoint"] = checkpoint
-    for split in ("train", "calibration", "eval"):
-        doc["data"][split] = {"annotations": f"{data_dir}/{split}/annotations.json", "images": f"{data_dir}/{split}/images"}
-    return doc
+def generated_doc(data_dir: str, checkpoint: str = "artifacts/demo/train_last.ckpt") -> dict:
+    return generated_at(tiny_manifest_dict(), data_dir, checkpoint)
 
 
 @pytest.mark.parametrize("data_dir", ["elsewhere", "../outside", "/tmp", "artifacts", "artifacts/stages/x",
                                       "artifacts/.cache", "artifacts/tiny/release", "link/data"])
-def test_demo_data_dir_must_be_under_artifacts(tmp_path, data_dir):
+def test_a_generated_folder_must_be_under_artifacts(tmp_path, data_dir):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "link").symlink_to(tmp_path.parent)  # inside the project by name, outside once resolved
     with pytest.raises(ManifestError) as err:
-        load_doc(tmp_path, demo_doc(data_dir))
+        load_doc(tmp_path, generated_doc(data_dir))
     message = str(err.value)
-    assert "demo.data_dir:" in message and "the demo writes here; point it" in message and "artifacts/" in message
+    assert "generate.data.out:" in message and "generate.data writes here; point it" in message
+    assert "artifacts/" in message
 
 
 @pytest.mark.parametrize("checkpoint", ["train_last.ckpt", "../victim.ckpt", "/tmp/victim.ckpt", "link/victim.ckpt",
                                         "artifacts/demo/data/train_last.ckpt"])
-def test_a_demo_trained_checkpoint_must_be_under_artifacts(tmp_path, checkpoint):
+def test_a_generated_checkpoint_must_be_under_artifacts(tmp_path, checkpoint):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "link").symlink_to(tmp_path.parent)
     with pytest.raises(ManifestError) as err:
-        load_doc(tmp_path, demo_doc("artifacts/demo/data", checkpoint))
-    assert "1 problem" in str(err.value) and "source.checkpoint:" in str(err.value)
+        load_doc(tmp_path, generated_doc("artifacts/demo/data", checkpoint))
+    assert "1 problem" in str(err.value) and "generate.checkpoint.out:" in str(err.value)
 
 
-def test_demo_paths_under_artifacts_load_even_through_a_symlinked_artifacts(tmp_path):
+def test_generated_paths_under_artifacts_load_even_through_a_symlinked_artifacts(tmp_path):
     (tmp_path / "big-disk").mkdir()
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "artifacts").symlink_to(tmp_path / "big-disk")
-    m = manifest.load(write_manifest(tmp_path / "project", demo_doc("artifacts/mydemo")), tmp_path / "project")
-    assert m.demo.data_dir == tmp_path / "project" / "artifacts" / "mydemo"
+    m = manifest.load(write_manifest(tmp_path / "project", generated_doc("artifacts/mydemo")), tmp_path / "project")
+    assert m.generate["data"].out == tmp_path / "project" / "artifacts" / "mydemo"
 
 
-def test_a_checkpoint_without_demo_may_be_anywhere(tmp_path):
+def test_a_checkpoint_no_generator_makes_may_be_anywhere(tmp_path):
     from tests.unit.test_manifest_hostile import fake_data
 
     outside = tmp_path.parent / f"{tmp_path.name}-outside.ckpt"
@@ -199,9 +196,9 @@ def test_a_checkpoint_without_demo_may_be_anywhere(tmp_path):
     assert load_doc(tmp_path, doc).source.checkpoint == outside
 
 
-def test_without_demo_missing_data_is_named(tmp_path):
+def test_without_generators_missing_data_is_named(tmp_path):
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     with pytest.raises(ManifestError) as err:
         load_doc(tmp_path, doc)
     message = str(err.value)
@@ -226,12 +223,27 @@ def test_a_misspelled_model_kwarg_is_located_by_the_model_check(tmp_path):
 
     doc = tiny_manifest_dict()  # strip, export, quantize: no stage has a check hook of its own
     doc["model"]["kwargs"] = {"num_classes": 3, "widht": 0.5}
+    doc.pop("generate")  # a generator that takes model.kwargs refuses the typo as the manifest loads (below)
+    placeholder_data(tmp_path)
     path = write_manifest(tmp_path, doc)
     m = manifest.load(path, tmp_path)
     with pytest.raises(ManifestError) as err:
         check.run(m)
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "widht" in text)
     assert f"line {line}, model.kwargs.widht: release.models.demo.detector:build takes no argument 'widht'. " \
+           f"Did you mean 'width'?" in str(err.value)
+
+
+def test_a_misspelled_model_kwarg_is_located_when_a_generator_takes_model_kwargs(tmp_path):
+    doc = tiny_manifest_dict()
+    doc["model"]["kwargs"] = {"num_classes": 3, "widht": 0.5}
+    path = write_manifest(tmp_path, doc)
+    with pytest.raises(ManifestError) as err:
+        manifest.load(path, tmp_path)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "widht" in text)
+    assert "1 problem" in str(err.value)
+    assert f"line {line}, model.kwargs.widht: passed to generate.checkpoint " \
+           f"(release.models.demo.generate:checkpoint), which takes model.kwargs: unknown key 'widht'. " \
            f"Did you mean 'width'?" in str(err.value)
 
 

@@ -56,9 +56,9 @@ def problems(err: pytest.ExceptionInfo) -> list[str]:
 
 def fake_data(root: Path) -> dict:
     """The tiny manifest's splits as files on disk (annotations json + an images folder with an image),
-    with the demo section removed: what a project with its own data looks like."""
+    with the generate section removed: what a project with its own data looks like."""
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     placeholder_data(root)
     ckpt = root / "artifacts" / "demo" / "train_last.ckpt"
     ckpt.write_bytes(b"not really a checkpoint")
@@ -251,7 +251,8 @@ WRONG = [None, True, 0, -1, 1.5, 10**30, float("nan"), "", "x", "x" * 20_000, []
 PATHS = ["/", "/usr", "/proc/self/status", "/proc/self/mem", "/dev/null", "/dev/zero", "/etc/passwd",
          "../../../../victim", "x/../../..", "", ".", "artifacts", "artifacts/stages", "fifo", "socket",
          "bad\x00byte", "y" * 5000, "artifacts/demo/data/eval/images", "artifacts/demo/data/eval/annotations.json"]
-PATH_FIELDS = [("source", "checkpoint"), ("demo", "data_dir")] + [
+PATH_FIELDS = [("source", "checkpoint"), ("generate", "data", "out"), ("generate", "checkpoint", "out"),
+               ("generate", "checkpoint", "kwargs", "data")] + [
     ("data", s, k) for s in SPLITS for k in ("annotations", "images")]
 
 
@@ -280,7 +281,7 @@ def _mutations(rng: random.Random, tmp: Path, fifo: str, sock: str):
     """One case: (description, manifest bytes)."""
     base = tiny_manifest_dict()
     if rng.random() < 0.4:
-        base.pop("demo")
+        base.pop("generate")
     kind = rng.choice(["type", "type", "unknown", "drop", "path", "path", "bytes", "bomb", "nest", "dup", "huge",
                        "aliases"])
     doc = copy.deepcopy(base)

@@ -17,7 +17,7 @@ from tests.conftest import DODO, placeholder_data, tiny_manifest_dict, write_man
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A manifest without a demo whose builder is the project's own module (as doit imports it)."""
+    """A manifest without generators whose builder is the project's own module (as doit imports it)."""
     placeholder_data(tmp_path)
     (tmp_path / "mybuilder.py").write_text("from release.models.demo.detector import build  # noqa: F401\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -27,7 +27,7 @@ def project(tmp_path, monkeypatch):
 
 def _doc() -> dict:
     doc = tiny_manifest_dict()
-    del doc["demo"]
+    del doc["generate"]
     doc["model"]["builder"] = "mybuilder:build"
     return doc
 

@@ -71,7 +71,7 @@ def report_for(root: Path, artifact: str, mAP: float = 0.5, fingerprint: str = F
 def project(tmp_path) -> tuple[Path, dict]:
     root = tmp_path
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     placeholder_data(root)
     checkpoint = root / "artifacts" / "demo" / "train_last.ckpt"
     checkpoint.write_bytes(b"not read by publish")

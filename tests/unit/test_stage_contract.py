@@ -75,7 +75,7 @@ def test_a_tool_joins_only_the_fingerprints_of_stages_that_call_it(tmp_path, mon
 
     placeholder_data(tmp_path)
     doc = tiny_manifest_dict(variants={"half": ["strip", "export", "fp16"]})
-    del doc["demo"]
+    del doc["generate"]
     loaded = manifest.load(write_manifest(tmp_path, doc), tmp_path)
     before = {n.stage: n.fingerprint for n in plan.build(loaded, tmp_path).nodes.values()}
     real = fingerprint._version

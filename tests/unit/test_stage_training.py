@@ -218,7 +218,7 @@ def test_prune_after_distill_is_checked_against_the_student(tmp_path):
 
 def test_finetune_needs_labelled_training_data(tmp_path):
     doc = tiny_manifest_dict()
-    doc.pop("demo")  # the demo generates labelled splits
+    doc.pop("generate")  # the generated demo data has labelled splits
     placeholder_data(tmp_path)
     del doc["data"]["train"]["annotations"]
     doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 10}}, "export"],

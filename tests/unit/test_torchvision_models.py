@@ -121,7 +121,7 @@ def test_a_torchvision_detector_strips_trains_exports_and_detects_like_torchvisi
     ckpt = tmp_path / "model_final.pth"
     torch.save(native.state_dict(), ckpt)
     doc = tiny_manifest_dict()
-    doc.pop("demo")
+    doc.pop("generate")
     doc["source"] = {"checkpoint": str(ckpt)}
     doc["model"] = {"builder": "release.models.torchvision:build", "kwargs": {**ARCHS[kind], "num_classes": NUM_CLASSES},
                     "adapter": "release.models.torchvision:Adapter", "adapter_kwargs": POST,
