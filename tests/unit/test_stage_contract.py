@@ -94,7 +94,7 @@ def test_an_edit_to_shared_code_rebuilds_only_the_stages_that_use_it(tmp_path, m
     placeholder_data(tmp_path)
     doc = tiny_manifest_dict(variants={"half": ["strip", "export", "fp16"],
                                        "int8": ["strip", "export", {"quantize": {"mode": "static"}}]})
-    del doc["demo"]
+    del doc["generate"]
     loaded = manifest.load(write_manifest(tmp_path, doc), tmp_path)
     before = {n.stage: n.fingerprint for n in planner.build(loaded, tmp_path).nodes.values()}
     edited, real = str(module_file("release.data")), planner.source_hash
