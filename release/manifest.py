@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from release import stages
-from release.errors import ManifestError, ReleaseError, did_you_mean
+from release.errors import ManifestError
+from release.manifest_generators import _check_generators
 from release.manifest_paths import _check_paths
+from release.manifest_variants import _check_data_needs, _parse_variants
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
 from release.recipes import resolve  # noqa: F401 - manifest.resolve(name, root) is where callers look
@@ -242,159 +243,6 @@ class Manifest(Strict):
     def pipelines(self) -> dict[str, list[tuple[str, Any]]]:
         """variant -> [(stage name, validated Params)], in pipeline order."""
         return self._pipelines
-
-
-# ---------------------------------------------------------------- variants
-
-KIND_HINT = {"checkpoint": "start the pipeline with `strip`", "weights": "add `strip` first",
-             "onnx": "add `export` before it"}
-
-
-def _parse_variants(raw: dict, problems: _Problems) -> dict[str, list[tuple[str, Any]]]:
-    pipelines: dict[str, list[tuple[str, Any]]] = {}
-    for variant, steps in raw.items():
-        if not isinstance(variant, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", variant):
-            problems.add(("variants", variant), f"variant name {_short(repr(variant))}: use a string of letters, digits, "
-                                                "'_', '.', '-' (quote names YAML reads as numbers or booleans).")
-            continue
-        kind, pipeline = "checkpoint", []
-        for i, step in enumerate(steps):
-            loc = ("variants", variant, i)
-            if isinstance(step, str):
-                name, params = step, {}
-            elif isinstance(step, dict) and len(step) == 1 and isinstance(next(iter(step.values())), (dict, type(None))):
-                name, params = next(iter(step.items()))
-                params = params or {}
-            elif isinstance(step, dict) and len(step) == 1:
-                name, params = next(iter(step.items()))
-                problems.add(loc + (name,), f"got {_short(repr(params))}; a stage's params are a mapping "
-                                            f"{{param: value}}.")
-                break
-            else:
-                shown = f"keys {sorted(map(str, step))}" if isinstance(step, dict) else _short(repr(step))
-                problems.add(loc, f"a step is a stage name or a one-key mapping {{stage: {{param: value}}}}; got {shown}.")
-                break
-            if name not in stages.REGISTRY:
-                shown = _short(str(name), 60)
-                problems.add(loc, f"unknown stage '{shown}'.{did_you_mean(str(name)[:60], stages.names())} "
-                                  f"Stages: {', '.join(stages.names())}.")
-                break
-            module = stages.load(name)
-            try:
-                validated = module.Params.model_validate(params)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    problems.add(*_describe(err, module.Params, loc + (name,)))
-                break
-            spec = module.SPEC
-            if spec.consumes != kind:
-                problems.add(loc, f"stage '{name}' takes {spec.consumes} but gets {kind} here; "
-                                  f"{KIND_HINT.get(spec.consumes, 'reorder the stages')}.")
-                break
-            kind = spec.produces
-            pipeline.append((name, validated))
-        else:
-            if kind != "onnx":
-                problems.add(("variants", variant), "the pipeline must end in an ONNX model "
-                                                    "(add `export`): variants are measured on the file that ships.")
-            pipelines[variant] = pipeline
-    return pipelines
-
-
-def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
-    for variant, pipeline in manifest.pipelines.items():
-        for i, (name, params) in enumerate(pipeline):
-            module = stages.load(name)
-            for split in module.reads(params):
-                ref = getattr(manifest.data, split)
-                if ref is None:
-                    problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
-                                                           f"which the manifest does not define. Add data.{split}.")
-                elif ref.annotations is None and module.needs_labels(params, split):
-                    problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
-                                                           f"which has no annotations. Add data.{split}.annotations"
-                                                           f"{module.SPEC.no_labels_hint}.")
-
-
-def _check_generators(manifest: Manifest, root: Path, problems: _Problems) -> dict[str, tuple[Any, dict]]:
-    """Each generator's function (imported: marked?), its kwargs against the function's signature,
-    its `after` (generators defined above it), and its path kwargs (the generator whose out holds
-    one must run first). Returns name -> (spec, validated kwargs as JSON)."""
-    from release import generate
-    from release.manifest_paths import _check_kind
-
-    outs = {name: g.out for name, g in manifest.generate.items()}
-    names, found = list(outs), {}
-    for name, g in manifest.generate.items():
-        loc = ("generate", name)
-        defined = names[:names.index(name)]
-        for i, before in enumerate(g.after):
-            if before not in defined:
-                problems.add(loc + ("after", i), f"'{_short(before, 60)}' is not a generator defined above "
-                                                 f"'{name}'.{did_you_mean(before, defined)} A generator runs after "
-                                                 f"those it names, so they come first under `generate:`.")
-        try:
-            fn, spec = generate.load(g.run, f"generate.{name}.run")
-        except ReleaseError as exc:
-            problems.add(loc + ("run",), str(exc).removeprefix(f"generate.{name}.run: "))
-            continue
-        kwargs = _generator_kwargs(manifest, name, g, fn, spec, problems)
-        if kwargs is None:
-            continue
-        for key in spec.paths:
-            value = kwargs.get(key)
-            if value is None:
-                continue
-            where = loc + ("kwargs", key)
-            if not isinstance(value, str):
-                problems.add(where, f"got {_short(repr(value))}; {g.run} reads it as a path (relative to the project "
-                                    f"folder): give a string.")
-                continue
-            made_by = generate.owner(root / value, outs)
-            if made_by == name:
-                problems.add(where, f"{_short(value)} is inside generate.{name}.out, which this generator writes: "
-                                    f"it cannot read its own output.")
-            elif made_by is not None and made_by not in g.after:
-                problems.add(where, f"{_short(value)} is inside generate.{made_by}.out: add {made_by} to "
-                                    f"generate.{name}.after, so that it runs first.")
-            elif made_by is None:
-                _check_kind(problems, where, value, root, "any", required=True)
-        found[name] = (spec, kwargs)
-    return found
-
-
-def _generator_kwargs(manifest: Manifest, name: str, g: Generator, fn, spec, problems: _Problems) -> dict | None:
-    """generate.<name>.kwargs (and model.kwargs, for a generator that takes them) validated against the
-    function's signature, each problem located; None when any is wrong."""
-    from release import generate
-
-    loc = ("generate", name, "kwargs")
-    count = problems.count
-    if "out" in g.kwargs:
-        problems.add(loc + ("out",), f"out is passed from generate.{name}.out; remove it from generate.{name}.kwargs.")
-    given = {k: v for k, v in g.kwargs.items() if k != "out"}
-    from_model = dict(manifest.model.kwargs) if spec.model_kwargs else {}
-    for key in sorted(set(given) & set(from_model)):
-        problems.add(loc + (key,), f"{g.run} also takes model.kwargs, which set {key} already: remove it here.")
-    try:
-        model = generate.kwargs_model(fn)
-    except Exception as exc:  # noqa: BLE001 - a signature pydantic cannot model: say so, located
-        problems.add(("generate", name, "run"), f"{g.run}: its signature cannot be checked "
-                                                f"({type(exc).__name__}: {exc}).")
-        return None
-    try:
-        validated = model.model_validate({**from_model, **given})
-    except ValidationError as exc:
-        for err in exc.errors():
-            key = err["loc"][0] if err["loc"] else None
-            if key in from_model and key not in given:
-                where, message = _describe(err, model, ("model", "kwargs"))
-                problems.add(where, f"passed to generate.{name} ({g.run}), which takes model.kwargs: {message}")
-            else:
-                problems.add(*_describe(err, model, loc))
-    if problems.count != count:
-        return None
-    return validated.model_dump(mode="json", exclude_unset=True, exclude=set(from_model))
 
 
 # ---------------------------------------------------------------- loading
