@@ -5,9 +5,10 @@ student whose outputs do not fit the teacher's, an adapter without the loss a tr
 The `check` task (and `release check`) builds the model once from its builder, with random
 weights, whenever any stage uses it (so a misspelled or missing `model.kwargs` argument is a located
 error here, with did-you-mean against the builder's signature, not a traceback in strip), and asks
-every stage that defines `check(params, manifest, model)`. This runs before
-any generator that trains the model (generate:, model_kwargs) and before any stage, so a typo costs seconds, not a training run; it imports
-torch, so it is a task of its own, up to date until the manifest or the code changes.
+every stage that defines `check(params, manifest, model)`. This runs before any generator that
+trains the model (generate:, model_kwargs) and before any stage, so a typo costs seconds, not a
+training run; it imports torch, so it is a task of its own, up to date until the manifest or the
+code changes.
 """
 
 from __future__ import annotations
