@@ -30,14 +30,21 @@ def doit(root: Path, *args: str, dodo: Path = REPO / "dodo.py") -> tuple[float, 
     return time.perf_counter() - start, done
 
 
-def median_time(root: Path, *args: str, repeat: int, dodo: Path = REPO / "dodo.py") -> float:
-    times = []
+def _timed(root: Path, *args: str, dodo: Path) -> float:
+    seconds, done = doit(root, *args, dodo=dodo)
+    if done.returncode not in (0, 1):
+        sys.exit(f"doit failed:\n{done.stdout}\n{done.stderr}")
+    return seconds
+
+
+def interleaved_medians(first: tuple, second: tuple, repeat: int) -> tuple[float, float]:
+    """Median wall time of two doit commands, each (root, args, dodo), run alternately so that a
+    change in what else the machine is doing weighs on both alike (the ratio is the figure)."""
+    a, b = [], []
     for _ in range(repeat):
-        seconds, done = doit(root, *args, dodo=dodo)
-        if done.returncode not in (0, 1):
-            sys.exit(f"doit failed:\n{done.stdout}\n{done.stderr}")
-        times.append(seconds)
-    return statistics.median(times)
+        a.append(_timed(first[0], *first[1], dodo=first[2]))
+        b.append(_timed(second[0], *second[1], dodo=second[2]))
+    return statistics.median(a), statistics.median(b)
 
 
 def main() -> None:
@@ -61,10 +68,10 @@ def main() -> None:
 
     empty = Path(tempfile.mkdtemp(prefix="release-bench-empty-"))
     (empty / "dodo.py").write_text("def task_nothing():\n    return {'actions': [], 'uptodate': [True]}\n")
-    noop = median_time(root, "release", manifest, repeat=args.repeat)
-    base = median_time(empty, repeat=args.repeat, dodo=empty / "dodo.py")
+    noop, base = interleaved_medians((root, ("release", manifest), REPO / "dodo.py"), (empty, (), empty / "dodo.py"),
+                                     args.repeat)
     print(f"no-op `doit release`: {noop * 1000:.0f} ms; doit on an empty dodo: {base * 1000:.0f} ms; "
-          f"ratio {noop / base:.2f}x (median of {args.repeat})")
+          f"ratio {noop / base:.2f}x (medians of {args.repeat}, interleaved)")
 
     report = json.loads((root / "artifacts" / args.manifest.removesuffix(".yaml") / "report.json").read_text())
     print(f"\n{'variant':14} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'mAP':>7} {'mAP@.5':>7}  pass")

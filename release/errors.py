@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -27,6 +26,8 @@ class DataError(ReleaseError):
 
 def closest(word: str, choices: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
     """The valid names that look most like `word` (for "did you mean ...?" hints)."""
+    import difflib  # only when a mistake is reported, never on a no-op
+
     return difflib.get_close_matches(str(word), sorted(set(choices)), n=n, cutoff=cutoff)
 
 

@@ -50,8 +50,7 @@ def generate_tasks(plan: Plan):
             "uptodate": [(current, [str(g.out), g.fingerprint])],
             "clean": [(ownership.remove_owned, [str(g.out)])], "verbosity": 2,
             # One that trains the model waits for the model check: a typo costs seconds, not a training run.
-            "task_dep": [plan.generators[name].task_name for name in g.after] +
-                        (_check_dep(plan) if g.model_kwargs else []),
+            "task_dep": _generated(plan, g.after) + (_check_dep(plan) if g.model_kwargs else []),
         }
 
 
