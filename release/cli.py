@@ -54,6 +54,12 @@ def _inspect(args) -> int:
     return 0
 
 
+def _schema(args) -> int:
+    from release import schema
+
+    return schema.main(["--write"] if args.write else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="release", description="model-release build system")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="allow full pickle loading (runs code from the file; only for files you trust)")
     look.add_argument("--json", action="store_true", help="print the findings as JSON")
     look.set_defaults(func=_inspect)
+    schema = sub.add_parser("schema", help="print the manifest's JSON Schema (for editor completion and checking)",
+                            description="Print the manifest's JSON Schema: `release schema > manifest.schema.json`, "
+                                        "then start a manifest with `# yaml-language-server: "
+                                        "$schema=manifest.schema.json` (path relative to the manifest).")
+    schema.add_argument("--write", action="store_true",
+                        help="regenerate this source checkout's copies (docs/ and the package's) instead")
+    schema.set_defaults(func=_schema)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
