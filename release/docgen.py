@@ -30,6 +30,13 @@ step is a stage name (`export`) or a one-key mapping `{stage: {param: value}}`, 
 listed under [Stage params](#stage-params). `select` picks the release among the variants that meet
 every budget: `best_map` (highest mAP, then lower latency, then smaller size), `smallest` or
 `fastest`.
+
+Editors can complete and check a manifest as you type: `release schema > manifest.schema.json`
+writes its JSON Schema, made from the same models as this page, and a first line
+`# yaml-language-server: $schema=../manifest.schema.json` (a path relative to the manifest) lets
+VS Code's YAML extension, or any editor that runs yaml-language-server, use it. This repository's
+copy is [manifest.schema.json](manifest.schema.json); see the README's
+[Editor completion](../README.md#editor-completion).
 """
 
 STAGES = """## Stage params

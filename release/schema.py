@@ -8,7 +8,8 @@ Generated from the pydantic models that validate a manifest (release.manifest.Ma
 model_json_schema) and, for `variants:`, from the stage registry: a step is a bare stage name (the
 stages whose params all have defaults) or a one-key mapping {stage: params} checked against that
 stage's Params. A few field validators the models cannot express as schema (folder-name patterns,
-the schema version, generator names) are added here. The schema is what an editor can check; the
+the schema version, generator names) are added here; `version` is left a free string, since a
+version template is not a folder name yet. The schema is what an editor can check; the
 cross-field rules (leniency needs allow_missing, kinds chained checkpoint -> weights -> onnx, paths
 that exist, ...) stay with `release check`, which is always the authority.
 
@@ -36,7 +37,7 @@ DESCRIPTION = ("A release manifest: the checkpoint, model code, data, target dev
 
 def schema() -> dict[str, Any]:
     """The manifest's JSON Schema as a dict."""
-    from release.manifest import Manifest
+    from release.manifest import FOLDER_NAME, Manifest
 
     top = Manifest.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
     defs = top.pop("$defs")
@@ -46,15 +47,12 @@ def schema() -> dict[str, Any]:
             raise RuntimeError(f"schema: a stage's def name {name} collides with a manifest model's")
         defs[name] = definition
     defs.update(_variant_defs())
-    variants = top["properties"]["variants"]
-    variants.pop("additionalProperties")
-    variants.update(additionalProperties={"$ref": "#/$defs/Pipeline"},
-                    description="variant name -> its pipeline; each variant is built, measured and "
-                                "gated, and `select` picks the release among those within budget")
-    from release.manifest import FOLDER_NAME
-
-    variants["propertyNames"] = {"pattern": FOLDER_NAME}
-    return {"$schema": DRAFT, **top, "title": "release manifest", "description": DESCRIPTION, "$defs": defs}
+    top["properties"]["variants"].update(
+        additionalProperties={"$ref": "#/$defs/Pipeline"}, propertyNames={"pattern": FOLDER_NAME},
+        description="variant name -> its pipeline; each variant is built, measured and gated, and "
+                    "`select` picks the release among those within budget")
+    whole = {"$schema": DRAFT, **top, "title": "release manifest", "description": DESCRIPTION, "$defs": defs}
+    return _uniform_tuples(whole)
 
 
 def render() -> str:
@@ -120,6 +118,7 @@ def _field_rules(top: dict, defs: dict) -> None:
     props = top["properties"]
     props["schema_version"]["const"] = SCHEMA_VERSION
     props["name"].update(pattern=FOLDER_NAME, maxLength=128, **{"not": {"pattern": r"\.\."}})
+    defs["ModelSpec"]["properties"]["input_shape"]["prefixItems"] = [{"type": "integer", "exclusiveMinimum": 0}] * 4
     props["generate"]["propertyNames"] = {"pattern": GENERATOR_NAME, "maxLength": 64}
     eval_ = defs["Data"]["properties"]["eval"]
     labelled = {"required": ["annotations"], "properties": {"annotations": {"type": "string"}}}
@@ -128,6 +127,23 @@ def _field_rules(top: dict, defs: dict) -> None:
         field = defs[profile]["properties"]["ssh_options"]
         items = {key: field.pop(key) for key in ("type", "items")}
         field["anyOf"] = [items, {"type": "string"}]
+
+
+def _uniform_tuples(node: Any) -> Any:
+    """`node` with each fixed-length tuple of one item type written as `items` plus its length
+    (the same rule): editors whose validator is still draft-07, like VS Code's YAML extension,
+    ignore 2020-12's `prefixItems` but check `items`."""
+    if isinstance(node, list):
+        return [_uniform_tuples(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _uniform_tuples(v) for k, v in node.items()}
+    prefix = node.get("prefixItems")
+    if prefix and all(p == prefix[0] for p in prefix) and node.get("minItems") == node.get("maxItems") == len(prefix) \
+            and node.get("items", False) is False:
+        node.pop("prefixItems")
+        node["items"] = prefix[0]
+    return node
 
 
 def _all_default(params) -> bool:
@@ -154,29 +170,36 @@ def _retarget(node: Any, names: dict[str, str]) -> Any:
     return node
 
 
-def write() -> list[Path]:
-    """Regenerate the checkout's copies (the docs one and the package's); the paths written."""
+def write(docs: Path = DOCS_COPY, package: Path = PACKAGE_COPY) -> list[Path]:
+    """Regenerate a source checkout's copies (the docs one and the package's); the paths written."""
     from release.atomic import write_text
+    from release.errors import ReleaseError
 
-    if not DOCS_COPY.parent.is_dir():
-        raise SystemExit(f"--write regenerates the copies in a source checkout, and {DOCS_COPY.parent} is not "
-                         f"one; to get the schema, run: release schema > manifest.schema.json")
+    if not (docs.parent.is_dir() and (docs.parent.parent / "pyproject.toml").is_file()):
+        raise ReleaseError(f"--write regenerates the copies in a source checkout, and {docs.parent.parent} is "
+                           f"not one; to get the schema, run: release schema > manifest.schema.json")
     text = render()
-    for path in (DOCS_COPY, PACKAGE_COPY):
+    for path in (docs, package):
         write_text(path, text)
-    return [DOCS_COPY, PACKAGE_COPY]
+    return [docs, package]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from release.errors import ReleaseError
+
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--write"]:
-        for path in write():
-            print(f"wrote {path}", file=sys.stderr)
-        return 0
-    if argv:
+    if argv not in ([], ["--write"]):
         print("usage: python -m release.schema [--write]", file=sys.stderr)
         return 2
-    sys.stdout.write(render())
+    if not argv:
+        sys.stdout.write(render())
+        return 0
+    try:
+        for path in write():
+            print(f"wrote {path}", file=sys.stderr)
+    except ReleaseError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

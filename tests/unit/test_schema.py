@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from release import schema, stages
-from release.errors import ManifestError
+from release.errors import ManifestError, ReleaseError
 from tests.conftest import REPO, tiny_manifest_dict, write_manifest
 
 COPIES = {"docs/manifest.schema.json": REPO / "docs" / "manifest.schema.json",
@@ -45,6 +45,11 @@ def test_it_is_a_draft_2020_12_schema_and_deterministic():
     jsonschema.Draft202012Validator.check_schema(generated)
     assert schema.render() == schema.render()
     assert list(json.loads(schema.render())) == sorted(generated)
+
+
+def test_it_says_nothing_a_draft_07_editor_would_skip_where_it_need_not():
+    # VS Code's YAML extension validates with draft-07 rules: a 2020-12 `prefixItems` would go unchecked.
+    assert "prefixItems" not in schema.render(), "a tuple of mixed item types: say it so draft-07 editors check it"
 
 
 def test_every_stage_param_is_there_with_its_description():
@@ -116,6 +121,8 @@ BROKEN = {
     "two stages in one step": lambda d: _steps(d, "fp32", [{"strip": {}, "export": {}}]),
     "nested stage param model": lambda d: _steps(d, "small", ["strip", {"distill": {"student": {"kwarg": {}}}},
                                                               "export"]),
+    "input shape with a zero": lambda d: _nested(d, ("model", "input_shape"), [1, 3, 0, 64]),
+    "input shape of three": lambda d: _nested(d, ("model", "input_shape"), [1, 3, 64]),
     "bad variant name": lambda d: _steps(d, "-fp32", ["strip", "export"]),
     "no variants": lambda d: _nested(d, ("variants",), {}),
     "eval without labels": lambda d: d["data"]["eval"].pop("annotations") and d,
@@ -152,3 +159,16 @@ def test_broken_manifests_fail_the_schema_and_the_loader(case, validator, tmp_pa
     doc = BROKEN[case](copy.deepcopy(tiny_manifest_dict()))
     assert not validator.is_valid(doc), case
     assert not _loader_accepts(doc, tmp_path), case
+
+
+def test_write_regenerates_both_copies_in_a_checkout_only(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "pkg").mkdir()
+    docs, package = tmp_path / "docs" / "manifest.schema.json", tmp_path / "pkg" / "manifest.schema.json"
+    with pytest.raises(ReleaseError, match=r"source checkout.*release schema > manifest.schema.json"):
+        schema.write(docs, package)
+    assert not docs.exists() and not package.exists()
+    (tmp_path / "pyproject.toml").write_text("")
+    docs.write_text("stale")
+    assert schema.write(docs, package) == [docs, package]
+    assert docs.read_text() == package.read_text() == schema.render()
