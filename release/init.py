@@ -97,9 +97,9 @@ def _manifest(args, root: Path) -> tuple[str, str]:
                            f"(or --template demo for the demo): see `release init --help`.")
     from release import init_data
 
+    name, shape, budgets = _name(args.name), _shape(args.input_shape), _budgets(args.budget)
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
-    data = init_data.from_args(args.data, root, names)
-    return _name(args.name), _text(args, _shape(args.input_shape), data, _budgets(args.budget))
+    return name, _text(args, shape, init_data.from_args(args.data, root, names), budgets)
 
 
 def _text(args, shape: list[int], data, budgets: dict) -> str:
@@ -114,25 +114,27 @@ def _text(args, shape: list[int], data, budgets: dict) -> str:
         "                           # never changes: bump it for the next release",
         "",
         "source:",
-        f"  checkpoint: {flow(args.checkpoint)}",
+        _noted(f"  checkpoint: {flow(args.checkpoint)}", "the trained checkpoint to release"),
         "  format: auto             # auto | state_dict | lightning | mmdet | yolov5 | safetensors",
         "  weights: auto            # auto: the EMA copy when the checkpoint holds one (ema | raw)",
         "  drop: []                 # glob patterns of training-only parameters, e.g. [\"aux_head.*\"]",
         "  trusted: false           # true allows full pickle loading: it runs code from the file",
         "",
         "model:",
-        f"  builder: {args.builder}   # returns the nn.Module",
+        _noted(f"  builder: {args.builder}", "returns the nn.Module"),
         "  kwargs: {}               # passed to the builder",
-        f"  adapter: {args.adapter}   # pre/post-processing (and the loss, for finetune and distill)",
+        _noted(f"  adapter: {args.adapter}", "pre/post-processing (and the loss, for finetune and distill)"),
         "  adapter_kwargs: {}       # passed to the adapter after input_shape",
-        f"  input_shape: {flow(shape)}   # N, C, H, W of the exported model's input",
+        _noted(f"  input_shape: {flow(shape)}", "N, C, H, W of the exported model's input"),
         "",
         f"data:                      # from {data.described}",
     ]
     for split, entry in data.splits.items():
         lines += [f"  # {SPLIT_NOTES[split]}", f"  {split}: {flow(entry)}"]
-    lines += ["", "target:", f"  name: {args.target}", "  runner: local            # measured on this build "
-              "host, and the figures say so; ssh://user@device measures on the device", ""]
+    lines += ["", "target:", _noted(f"  name: {args.target}", "device profile: rpi4, rpi5, jetson-orin-cpu, "
+                                                          "x86-avx2, host, or your own under targets:"),
+              _noted("  runner: local", "measured on this build host (the figures say so); ssh://user@device "
+                                        "measures on the device"), ""]
     lines += _budget_lines(budgets)
     lines += [
         "",
@@ -155,15 +157,20 @@ def _budget_lines(budgets: dict) -> list[str]:
     lines = ["budget:                    # a variant ships only within every budget: measure once, then tighten"]
     for key, value in budgets.items():
         note = BUDGET_HINTS.get(key, (None, ""))[1]
-        lines.append(f"  {key}: {_flow(value)}" + (f"   # {note}" if note else ""))
+        lines.append(_noted(f"  {key}: {_flow(value)}", note))
     for key, (example, note) in BUDGET_HINTS.items():
         if key in budgets:
             continue
         if not budgets and key == "size_mb":
-            lines.append(f"  {key}: {example}   # {note} (a loose start)")
+            lines.append(_noted(f"  {key}: {example}", f"{note} (a loose start)"))
         else:
-            lines.append(f"  # {key}: {example}   # {note}")
+            lines.append(_noted(f"  # {key}: {example}", note))
     return lines
+
+
+def _noted(line: str, note: str) -> str:
+    """A line with its comment in the manifest's comment column."""
+    return f"{line.ljust(26)} # {note}" if note else line
 
 
 def _flow(value) -> str:
