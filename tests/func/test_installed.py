@@ -123,7 +123,7 @@ def write_yolo_dataset(root: Path, counts: dict[str, int], seed: int = 0) -> dic
     return made
 
 
-def train_checkpoint(samples: list, path: Path, steps: int = 150) -> None:
+def train_checkpoint(samples: list, path: Path, steps: int = 100) -> None:
     """A few steps of training (the user's own loop, with their adapter's loss), saved as a plain
     state_dict."""
     import torch
@@ -151,7 +151,7 @@ def user_project(root: Path) -> None:
     (root / "acme").mkdir(parents=True)
     (root / "acme" / "__init__.py").write_text("")
     shutil.copy2(REPO / "tests" / "acme_detector.py", root / "acme" / "detector.py")
-    made = write_yolo_dataset(root, {"train": 64, "val": 16})
+    made = write_yolo_dataset(root, {"train": 48, "val": 16})
     train_checkpoint(made["train"], root / "weights" / "acme.pt")
 
 
