@@ -67,9 +67,9 @@ def run(args) -> int:
     _write_new(root / "dodo.py", DODO)
     _write_new(manifest, text)
     ignored = _ignore_artifacts(root / ".gitignore")
-    print(f"wrote {_shown(root / 'dodo.py', root)}: {DODO.strip()}")
-    print(f"wrote {_shown(manifest, root)}: the manifest (`release check {name}` checks it)")
-    print(f"{ignored} {_shown(root / '.gitignore', root)}: {IGNORE}")
+    print(f"wrote {_shown(root / 'dodo.py')}: {DODO.strip()}")
+    print(f"wrote {_shown(manifest)}: the manifest (`release check {name}` checks it)")
+    print(f"{ignored} {_shown(root / '.gitignore')}: {IGNORE}")
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     print(f"next: doit release manifest={name}")
@@ -107,7 +107,7 @@ def _text(args, shape: list[int], data, budgets: dict) -> str:
     lines = [
         f"# The release of {args.name}, written by `release init`. `release check {args.name}` validates it",
         "# without building; `doit release manifest=" + args.name + "` builds it. Paths are relative to the",
-        "# project folder (where dodo.py is). Every field: docs/manifest.md of the release package.",
+        "# project folder (where dodo.py is). Every field: `python -m release.docgen` (docs/manifest.md).",
         "schema_version: 1",
         f"name: {args.name}",
         "version: 0.1.0             # the folder artifacts/<name>/release/<version>/; a published version",
@@ -258,7 +258,8 @@ def _ignore_artifacts(path: Path) -> str:
     return "appended to"
 
 
-def _shown(path: Path, root: Path) -> str:
+def _shown(path: Path) -> str:
+    """A path as the user typed it: relative to the current folder when inside it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -277,7 +278,7 @@ def _validate(text: str, final: Path, root: Path) -> str | None:
                                              if k in ("annotations", "images") or (k == "names" and isinstance(v, str))]
     missing = [str(p) for p in named if not (root / p).exists()]
     if missing and not doc.get("generate"):
-        return (f"{_shown(final, root)} is not checked yet: {', '.join(missing)} "
+        return (f"{_shown(final)} is not checked yet: {', '.join(missing)} "
                 f"{'does' if len(missing) == 1 else 'do'} not exist. Once there, `release check {doc['name']}` "
                 f"checks it.")
     from release import manifest

@@ -63,7 +63,8 @@ def make_venv(folder: Path, wheel: Path) -> Path:
     # --ignore-installed: the editable `release` of this checkout is visible through the .pth line;
     # without it pip would call the wheel installed already. Nothing outside the venv is touched.
     done = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-                           "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, check=False)
+                           "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, check=False,
+                          env=clean_env(folder))
     assert done.returncode == 0, done.stdout + done.stderr
     doit = folder / "bin" / "doit"
     doit.write_text(f"#!{python}\nimport sys\nfrom doit.__main__ import main\nsys.exit(main())\n")
@@ -164,6 +165,7 @@ def run(cmd: list, cwd: Path, env: dict, timeout: float = 300) -> subprocess.Com
 
 
 def test_a_wheel_installed_in_a_fresh_venv_releases_a_users_own_detector_in_their_own_folder(tmp_path):
+    checkout_before = snapshot(REPO, skip=(".git", "__pycache__", ".pytest_cache"))
     venv = tmp_path / "venv"
     purelib = make_venv(venv, build_wheel(tmp_path / "wheel"))
     env, bin_ = clean_env(venv), venv / "bin"
@@ -172,7 +174,6 @@ def test_a_wheel_installed_in_a_fresh_venv_releases_a_users_own_detector_in_thei
     where = run([bin_ / "python", "-c", "import release; print(release.__file__)"], project, env)
     assert Path(where.stdout.strip()).is_relative_to(purelib), where.stdout + where.stderr
     package_before = snapshot(purelib / "release")
-    checkout_before = snapshot(REPO, skip=(".git", "__pycache__", ".pytest_cache"))
     user_project(project)
 
     budget_flags = [a for key, value in BUDGETS.items() for a in ("--budget", f"{key}={value}")]
