@@ -1,4 +1,5 @@
-"""`release` command line: checks that need no build (check a manifest against its model, show its plan)."""
+"""`release` command line: checks that need no build (check a manifest against its model, show its plan),
+and `release init`, which makes a folder a release project."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ def _schema(args) -> int:
     return schema.main(["--write"] if args.write else [])
 
 
+def _add_init(sub) -> None:
+    from release import init
+
+    made = sub.add_parser("init", help="make this folder a release project: dodo.py, recipes/NAME.yaml, .gitignore",
+                          description="Writes dodo.py (one line), a commented manifest recipes/NAME.yaml from the "
+                                      "flags (or --template demo) and a .gitignore for artifacts/; never overwrites.")
+    init.configure(made)
+    made.set_defaults(func=init.run)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="release", description="model-release build system")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     schema.add_argument("--write", action="store_true",
                         help="regenerate this source checkout's copies (docs/ and the package's) instead")
     schema.set_defaults(func=_schema)
+    _add_init(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
