@@ -1,0 +1,141 @@
+"""The build report as JUnit XML (artifacts/<name>/report.xml), for the test reporters of CI systems.
+
+One <testsuite> per variant, named `<release>.<variant>`, with one <testcase> per budget, named
+`<variant>.<budget>`: a budget the variant meets passes; one it misses is a <failure> whose message
+gives the figure, the limit and the margin (or why a figure does not count, e.g. a host latency
+where the budget wants one measured on the target). A variant without budgets has one passing case
+`<variant>.measured`, so every variant is listed. Each suite's <properties> carry the release name,
+its version, the target, the variant's fingerprint, whether it was selected, and the report's key.
+
+A build that stops before the gate (a crash, a mistake found in an action) gets a report of its
+own from `failed`: one <error> per task that failed, so a CI job that publishes report.xml never
+shows last night's verdict for tonight's build. `is_gate_report` tells the gate's own file apart
+(the gate's up-to-date check), reading the file as text: no XML parser on a no-op build.
+
+The shape is the common one GitLab, Jenkins and GitHub test reporters read: <testsuites> with
+tests/failures/errors totals, <testsuite> with its own counts, <testcase name classname>. Written
+with the standard library's ElementTree (imported when a report is written): the format needs
+nothing it lacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the gate's up-to-date check imports this module: no pydantic, no XML parser then
+    from xml.etree.ElementTree import Element
+
+    from release.report import Check, Report
+
+KEY_PROPERTY = "release.key"
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _with_unit(value: float, unit: str) -> str:
+    return f"{_num(value)} {unit}".rstrip()
+
+
+def describe(check: Check) -> str:
+    """One line: the figure against its limit, and the margin (or why the figure does not count)."""
+    relation = "max" if check.direction == "max" else "min"
+    text = f"{check.label} {_with_unit(check.value, check.unit)} vs {relation} {_with_unit(check.limit, check.unit)}"
+    if check.reason:
+        return f"{text}: {check.reason}"
+    if check.passed:
+        return f"{text}: met, headroom {_with_unit(check.margin, check.unit)}"
+    return f"{text}: missed by {_with_unit(-check.margin, check.unit)} (margin {_num(check.margin)})"
+
+
+def _counted(element: Element, tests: int, failures: int, errors: int) -> None:
+    element.set("tests", str(tests))
+    element.set("failures", str(failures))
+    element.set("errors", str(errors))
+    element.set("skipped", "0")
+
+
+def _properties(suite: Element, values: dict) -> None:
+    import xml.etree.ElementTree as ET
+
+    props = ET.SubElement(suite, "properties")
+    for name, value in values.items():
+        if value is not None:
+            ET.SubElement(props, "property", name=name, value=str(value))
+
+
+def document(report: Report) -> Element:
+    """The <testsuites> element of a report: every variant x budget."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name=f"release {report.name} {report.version}")
+    totals = [0, 0]
+    for variant, row in report.variants.items():
+        suite = ET.SubElement(root, "testsuite", name=f"{report.name}.{variant}")
+        _properties(suite, {"release": report.name, "version": report.version, "variant": variant,
+                            "target": report.target.get("name"), "fingerprint": row.fingerprint,
+                            "selected": str(variant == report.selected).lower(), KEY_PROPERTY: report.key})
+        classname = f"{report.name}.{variant}"
+        failures = 0
+        for check in row.checks:
+            case = ET.SubElement(suite, "testcase", name=f"{variant}.{check.budget}", classname=classname)
+            line = describe(check)
+            if check.passed:
+                ET.SubElement(case, "system-out").text = line
+            else:
+                failures += 1
+                failure = ET.SubElement(case, "failure", message=line, type="budget missed")
+                failure.text = f"{line}\nvariant {variant} of {report.name} {report.version} ({row.artifact})"
+        if not row.checks:
+            case = ET.SubElement(suite, "testcase", name=f"{variant}.measured", classname=classname)
+            ET.SubElement(case, "system-out").text = (f"size {_num(row.size_mb)} MB, latency {_num(row.latency_ms)} ms, "
+                                                      f"mAP {_num(row.map)}; no budgets to check")
+        tests = max(len(row.checks), 1)
+        _counted(suite, tests, failures, 0)
+        totals[0] += tests
+        totals[1] += failures
+    _counted(root, totals[0], totals[1], 0)
+    return root
+
+
+def failed(name: str, version: str, failures: list[tuple[str, str, str]]) -> Element:
+    """The report of a build that stopped before its gate: one <error> per failed task, given as
+    (task name, kind, message); kind is "mistake" or "crash" (docs/ci.md)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name=f"release {name} {version}")
+    suite = ET.SubElement(root, "testsuite", name=f"{name}.build")
+    _properties(suite, {"release": name, "version": version})
+    for task, kind, message in failures:
+        case = ET.SubElement(suite, "testcase", name=task, classname=f"{name}.build")
+        error = ET.SubElement(case, "error", message=message.strip().splitlines()[0] if message.strip() else kind,
+                              type=kind)
+        error.text = message
+    for element in (root, suite):
+        _counted(element, len(failures), 0, len(failures))
+    return root
+
+
+def text(root: Element) -> str:
+    import xml.etree.ElementTree as ET
+
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write(report: Report, path: Path) -> None:
+    """report.xml, atomically."""
+    from release.atomic import write_text
+
+    write_text(Path(path), text(document(report)))
+
+
+def is_gate_report(path: str, key: str) -> bool:
+    """doit uptodate for the gate: report.xml is the gate's report of exactly this plan (not the
+    report of a build that failed before its gate, nor of another plan)."""
+    try:
+        return f'name="{KEY_PROPERTY}" value="{key}"' in Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
