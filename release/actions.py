@@ -324,12 +324,14 @@ def _step_summary(job: dict) -> None:
 def _misses(report: dict) -> list[tuple[str, str, str]]:
     """(variant, budget, one line) per missed budget, from report.json (no typed report: a no-op
     build that misses its budgets stays light)."""
+    def figure(value, unit: str) -> str:
+        return f"{value:.4g} {unit}".rstrip()
+
     out = []
     for variant, row in report["variants"].items():
         for c in row.get("checks", []):
             if not c["pass"]:
-                relation = "max" if c["direction"] == "max" else "min"
-                why = c.get("reason") or f"missed by {abs(c['margin']):.4g} {c['unit']}".rstrip()
-                out.append((variant, c["budget"], f"{variant}: {c['label']} {c['value']:.4g} {c['unit']} vs "
-                                                  f"{relation} {c['limit']:.4g} {c['unit']}: {why}".replace("  ", " ")))
+                why = c.get("reason") or f"missed by {figure(abs(c['margin']), c['unit'])}"
+                out.append((variant, c["budget"], f"{variant}: {c['label']} {figure(c['value'], c['unit'])} vs "
+                                                  f"{c['direction']} {figure(c['limit'], c['unit'])}: {why}"))
     return out

@@ -143,7 +143,7 @@ class CommittingReporter(ConsoleReporter):
             from release.atomic import write_text
 
             try:
-                write_text(Path(job["report_xml"]), junit.text(junit.failed(job["name"], job["version"], failures)))
+                write_text(Path(job["report_xml"]), junit.text(junit.failed(job, failures)))
             except OSError as exc:  # the failure being reported may be this very disk
                 self.write(f"report.xml not written: {exc}\n")
 
@@ -152,7 +152,7 @@ def _annotations(task: str, code: int, fail) -> list[str]:
     if code == MISTAKE:
         return ci.mistake_annotations(fail.message, fail.problems)
     if code == BUDGETS_MISSED:
-        return [ci.annotation(line, title=f"budget missed: {variant} {budget}") for variant, budget, line in fail.missed]
+        return [ci.annotation(line, title=f"budget missed ({variant} {budget})") for variant, budget, line in fail.missed]
     lines = [line for line in fail.get_msg().strip().splitlines() if line.strip()]
     return [ci.annotation(f"{task}: {lines[-1] if lines else fail.message} (see the log for the traceback)",
                           title="release crashed (exit 2)")]

@@ -50,11 +50,11 @@ def describe(check: Check) -> str:
     return f"{text}: missed by {_with_unit(-check.margin, check.unit)} (margin {_num(check.margin)})"
 
 
-def _counted(element: Element, tests: int, failures: int, errors: int) -> None:
+def _counted(element: Element, tests: int, failures: int, errors: int, skipped: int = 0) -> None:
     element.set("tests", str(tests))
     element.set("failures", str(failures))
     element.set("errors", str(errors))
-    element.set("skipped", "0")
+    element.set("skipped", str(skipped))
 
 
 def _properties(suite: Element, values: dict) -> None:
@@ -100,22 +100,67 @@ def document(report: Report) -> Element:
     return root
 
 
-def failed(name: str, version: str, failures: list[tuple[str, str, str]]) -> Element:
-    """The report of a build that stopped before its gate: one <error> per failed task, given as
-    (task name, kind, message); kind is "mistake" or "crash" (docs/ci.md)."""
+def failed(job: dict, failures: list[tuple[str, str, str]]) -> Element:
+    """The report of a build that stopped before its gate (`job` is the gate's: name, version,
+    budget, variants), from its failed tasks as (task name, kind, message), kind "mistake" or
+    "crash". The test cases keep their names: each budget of a variant that a failed task builds
+    or measures is an <error> with that task's message; the other variants' are <skipped> (not
+    judged); a failed task of no variant (the model check, a generator, publish) is an <error> of
+    its own in the suite `<release>.build`."""
     import xml.etree.ElementTree as ET
 
+    from release.gate import CHECKS
+
+    name, version = job["name"], job["version"]
+    budgets = [key for key, *_ in CHECKS if job["budget"].get(key) is not None] or ["measured"]
     root = ET.Element("testsuites", name=f"release {name} {version}")
-    suite = ET.SubElement(root, "testsuite", name=f"{name}.build")
-    _properties(suite, {"release": name, "version": version})
-    for task, kind, message in failures:
-        case = ET.SubElement(suite, "testcase", name=task, classname=f"{name}.build")
-        error = ET.SubElement(case, "error", message=message.strip().splitlines()[0] if message.strip() else kind,
-                              type=kind)
-        error.text = message
-    for element in (root, suite):
-        _counted(element, len(failures), 0, len(failures))
+    unplaced = [f for f in failures if not _variants_of(f[0], job)]
+    suites = [(variant, [f for f in failures if variant in _variants_of(f[0], job)]) for variant in job["variants"]]
+    if unplaced:
+        suites.insert(0, ("build", unplaced))
+    totals = [0, 0, 0]
+    for variant, mine in suites:
+        suite = ET.SubElement(root, "testsuite", name=f"{name}.{variant}")
+        _properties(suite, {"release": name, "version": version, "variant": variant if variant != "build" else None})
+        if variant == "build":
+            cases = [(failure[0], failure) for failure in mine]
+        else:
+            cases = [(f"{variant}.{budget}", mine[0] if mine else None) for budget in budgets]
+        for case_name, failure in cases:
+            case = ET.SubElement(suite, "testcase", name=case_name, classname=f"{name}.{variant}")
+            if failure is None:
+                ET.SubElement(case, "skipped", message="not judged: the build stopped before the gate")
+                continue
+            task, kind, message = failure
+            error = ET.SubElement(case, "error", message=f"{task}: {_headline(kind, message)}", type=kind)
+            error.text = message
+        errors = sum(f is not None for _, f in cases)
+        _counted(suite, len(cases), 0, errors, len(cases) - errors)
+        totals = [totals[0] + len(cases), totals[1] + errors, totals[2] + len(cases) - errors]
+    _counted(root, totals[0], 0, totals[1], totals[2])
     return root
+
+
+def _headline(kind: str, message: str) -> str:
+    """A crash's last traceback line (the exception), a mistake's first line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()] or [kind]
+    return lines[-1] if kind == "crash" else lines[0]
+
+
+def _variants_of(task: str, job: dict) -> list[str]:
+    """The variants a task builds or measures: stage:<stage>@<fp10> is in a variant's chain (its
+    record sits in stages/<stage>/<fp16>/), measure:<what>@<fp10> measures its final ONNX file."""
+    group, _, rest = task.partition(":")
+    stage, _, tag = rest.partition("@")
+    if not tag:
+        return []
+    if group == "measure":
+        return [v for v, files in job["variants"].items() if files["fingerprint"].startswith(tag)]
+    if group == "stage":
+        return [v for v, files in job["variants"].items()
+                if any(Path(r).parent.name.startswith(tag) and Path(r).parent.parent.name == stage
+                       for r in files["records"])]
+    return []
 
 
 def text(root: Element) -> str:

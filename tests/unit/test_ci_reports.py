@@ -16,13 +16,14 @@ from tests.unit.test_report import report_of, row
 def check_junit_shape(root: ET.Element) -> dict[str, ET.Element]:
     """The shape test reporters read, with every count consistent; the test cases by name."""
     assert root.tag == "testsuites"
-    cases, totals = {}, {"tests": 0, "failures": 0, "errors": 0}
+    cases, totals = {}, {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for suite in root:
         assert suite.tag == "testsuite" and suite.get("name")
         mine = [c for c in suite if c.tag == "testcase"]
         assert {c.tag for c in suite} <= {"properties", "testcase"}
         counts = {"tests": len(mine), "failures": sum(c.find("failure") is not None for c in mine),
-                  "errors": sum(c.find("error") is not None for c in mine)}
+                  "errors": sum(c.find("error") is not None for c in mine),
+                  "skipped": sum(c.find("skipped") is not None for c in mine)}
         assert {k: int(suite.get(k)) for k in counts} == counts, suite.get("name")
         for case in mine:
             assert case.get("name") and case.get("classname") and case.get("name") not in cases
@@ -64,15 +65,29 @@ def test_a_host_figure_against_a_device_budget_fails_with_its_reason_and_no_budg
     assert sorted(cases) == ["fp32.measured", "int8.measured"]
 
 
-def test_a_build_stopped_before_its_gate_reports_each_failed_task_as_an_error(tmp_path):
-    root = junit.failed("det", "1.0.0", [("stage:export@ab", "crash", "Traceback ...\nRuntimeError: boom"),
-                                         ("check:det", "mistake", "recipes/x.yaml: 1 problem\n  line 3, model: x")])
+def test_a_build_stopped_before_its_gate_reports_errors_under_the_same_test_names(tmp_path):
+    fp32, int8 = "a" * 64, "b" * 64
+    job = {"name": "det", "version": "1.0.0", "budget": {"size_mb": 1.0, "min_map": 0.4, "latency_ms": None},
+           "variants": {
+               "fp32": {"fingerprint": fp32, "records": [f"artifacts/stages/export/{fp32[:16]}/stage.json"]},
+               "int8": {"fingerprint": int8, "records": [f"artifacts/stages/export/{fp32[:16]}/stage.json",
+                                                         f"artifacts/stages/quantize/{int8[:16]}/stage.json"]}}}
+    crash = ("stage:quantize@" + int8[:10], "crash", "Traceback (most recent call last):\n  ...\nRuntimeError: boom")
+    mistake = ("check:det", "mistake", "recipes/x.yaml: 1 problem\n  line 3, model: x")
     path = tmp_path / "report.xml"
-    path.write_text(junit.text(root))
-    cases = check_junit_shape(ET.parse(path).getroot())
-    assert cases["stage:export@ab"].find("error").get("type") == "crash"
-    assert cases["check:det"].find("error").get("message") == "recipes/x.yaml: 1 problem"
+    path.write_text(junit.text(junit.failed(job, [mistake, crash])))
+    root = ET.parse(path).getroot()
+    cases = check_junit_shape(root)
+    assert sorted(cases) == ["check:det", "fp32.min_map", "fp32.size_mb", "int8.min_map", "int8.size_mb"]
+    assert cases["check:det"].find("error").get("message") == "check:det: recipes/x.yaml: 1 problem"
+    error = cases["int8.size_mb"].find("error")
+    assert error.get("type") == "crash" and error.get("message") == f"{crash[0]}: RuntimeError: boom"
+    assert cases["fp32.size_mb"].find("skipped") is not None  # not judged, and not what failed
+    assert (root.get("tests"), root.get("errors"), root.get("skipped")) == ("5", "3", "2")
     assert not junit.is_gate_report(str(path), "k")
+    export = ("stage:export@" + fp32[:10], "crash", "RuntimeError: x")  # shared by both variants
+    both = check_junit_shape(junit.failed(job, [export]))
+    assert all(c.find("error") is not None for c in both.values()) and len(both) == 4
 
 
 def test_located_problems_become_one_annotation_each(tmp_path, monkeypatch):
@@ -120,3 +135,35 @@ def test_failures_are_classified_by_what_failed():
     # pickled with what they carry (failures come back from doit -n N workers)
     again = pickle.loads(pickle.dumps(doitstate.Mistake("m", [("f", 1, "a.b", "c")])))
     assert isinstance(again, doitstate.Mistake) and again.problems == [("f", 1, "a.b", "c")]
+
+
+def test_plan_time_mistakes_exit_3_annotated_and_crashes_exit_2_with_the_traceback(tmp_path, monkeypatch, capsys):
+    from release import plan, tasks
+    from tests.conftest import tiny_manifest_dict, write_manifest
+
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    doc = tiny_manifest_dict()
+    doc["target"]["threads"] = 0
+    write_manifest(tmp_path, doc)
+    with pytest.raises(SystemExit) as stopped:
+        tasks.plan_for("tiny.yaml", tmp_path, lock=False)
+    assert stopped.value.code == MISTAKE
+    captured = capsys.readouterr()
+    assert "target.threads: got 0" in captured.err and "Traceback" not in captured.err
+    assert "::error file=tiny.yaml,line=" in captured.out and ",title=target.threads::got 0" in captured.out
+
+    def broken(*args):  # a bug while planning (fault injected: none is known to reach here)
+        raise KeyError("oops")
+
+    monkeypatch.setattr(plan, "recorded", broken)
+    write_manifest(tmp_path, tiny_manifest_dict())
+    with pytest.raises(SystemExit) as stopped:
+        tasks.plan_for("tiny.yaml", tmp_path, lock=False)
+    assert stopped.value.code == CRASH
+    captured = capsys.readouterr()
+    assert "Traceback (most recent call last)" in captured.err and "KeyError: 'oops'" in captured.err
+    assert "::error title=release crashed (exit 2)::KeyError: 'oops'" in captured.out
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## release: exit 3 (mistake)" in summary and "## release: exit 2 (crash)" in summary
