@@ -241,14 +241,15 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
         path = recipes.resolve(manifest_name, root)
         return plans.recorded(path, root) or make_plan(path, root)
     except ReleaseError as exc:
+        _report_load_failure(manifest_name, root, "mistake", str(exc))
         _stop(MISTAKE, str(exc), ci.error_annotations(exc))
     except OSError as exc:
         message = explain(exc, root / "artifacts")
         if message is None:
-            _crashed()
+            _crashed(manifest_name, root)
         _stop(MISTAKE, message, ci.mistake_annotations(message))
     except Exception:  # a bug, here or in user code the plan imports: a crash, not a mistake
-        _crashed()
+        _crashed(manifest_name, root)
 
 
 def _stop(code: int, message: str, annotations: list[str]):
@@ -261,11 +262,37 @@ def _stop(code: int, message: str, annotations: list[str]):
     raise SystemExit(code) from None
 
 
-def _crashed():
+def _report_load_failure(manifest_name: str, root: Path, kind: str, message: str) -> None:
+    """The manifest's report.xml says tonight's build stopped while planning (its cases are those
+    of the last plan recorded under the manifest's name, not judged), not what an earlier build
+    found. Best effort: with no earlier build of that name there is no report to replace."""
+    import json
+
+    import yaml
+
+    from release import junit, recipes
+    from release.atomic import write_text
+    from release.errors import ReleaseError
+
+    try:
+        name = yaml.safe_load(recipes.resolve(manifest_name, root).read_text(encoding="utf-8"))["name"]
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            return
+        folder = root / "artifacts" / name
+        job = gate_task(Plan.from_record(json.loads((folder / "plan.json").read_text())["plan"]))["actions"][0][1][0]
+        if job["name"] != name:
+            return
+        write_text(folder / "report.xml", junit.text(junit.failed(job, [("plan", kind, message)])))
+    except (ReleaseError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, yaml.YAMLError):
+        return
+
+
+def _crashed(manifest_name: str, root: Path):
     import traceback
 
     text = traceback.format_exc()
     last = text.strip().splitlines()[-1]
+    _report_load_failure(manifest_name, root, "crash", text)
     _stop(CRASH, f"planning the build crashed:\n{text}",
           [ci.annotation(f"{last} (see the log for the traceback)", title="release crashed (exit 2)")])
 

@@ -113,3 +113,25 @@ def test_an_exception_in_user_code_is_a_crash_exit_2_with_its_traceback(tiny_bui
     assert crashed[0].get("message").endswith("ZeroDivisionError: adapter bug in postprocess")
     assert "crashing_adapter.py" in crashed[0].text
     assert "## release: exit 2 (crash)" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_manifest_mistake_at_load_exits_3_and_report_xml_says_so_not_last_nights_verdict(tiny_built, tmp_path):
+    root = copy_project(tiny_built, tmp_path / "project")
+    doc = tiny_manifest_dict()
+    doc["budget"]["size_mb"] = "1 MB"
+    path = write_manifest(root, doc)
+    done = run_doit(root, "release", "manifest=tiny.yaml", env=github(tmp_path, root))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert executed(done.stdout) == [] and "Traceback" not in done.stderr
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "1 MB" in t)
+    assert f"::error file=tiny.yaml,line={line},title=budget.size_mb::got '1 MB'" in done.stdout
+    cases = check_junit_shape(ET.parse(root / "artifacts/tiny/report.xml").getroot())
+    assert cases["plan"].find("error").get("type") == "mistake"
+    assert "budget.size_mb" in cases["plan"].find("error").text
+    assert {n for n, c in cases.items() if c.find("skipped") is not None} == {"fp32.size_mb", "int8.size_mb"}
+    write_manifest(root, tiny_manifest_dict())
+    again = run_doit(root, "release", "manifest=tiny.yaml")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert executed(again.stdout) == ["gate:tiny", "release"]  # only the report is written again
+    assert not any(c.find("skipped") is not None
+                   for c in check_junit_shape(ET.parse(root / "artifacts/tiny/report.xml").getroot()).values())
