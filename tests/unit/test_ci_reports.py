@@ -167,3 +167,18 @@ def test_plan_time_mistakes_exit_3_annotated_and_crashes_exit_2_with_the_traceba
     assert "::error title=release crashed (exit 2)::KeyError: 'oops'" in captured.out
     summary = (tmp_path / "summary.md").read_text()
     assert "## release: exit 3 (mistake)" in summary and "## release: exit 2 (crash)" in summary
+
+
+def test_the_exit_codes_are_distinct_and_documented_as_defined():
+    import re
+
+    from release import errors
+    from tests.conftest import REPO
+
+    said = {errors.RELEASED: "published", errors.BUDGETS_MISSED: "budgets missed", errors.CRASH: "crash",
+            errors.MISTAKE: "mistake"}
+    assert len(said) == 4 and set(ci.EXIT_KINDS) == set(said)
+    for page in (REPO / "docs" / "ci.md", REPO / "README.md"):
+        rows = {int(code): meaning.lower() for code, meaning in re.findall(r"^\| (\d) \| ([^|]+) \|", page.read_text(), re.M)}
+        assert sorted(rows) == sorted(said), page.name
+        assert all(said[code] in rows[code] for code in said), (page.name, rows)
