@@ -133,15 +133,16 @@ class CommittingReporter(ConsoleReporter):
         raise SystemExit(code)
 
     def _report_unjudged(self, failures) -> None:
-        """report.xml for a build that stopped before its gate: one <error> per failed task."""
+        """report.xml for a build that stopped before its gate (release.junit.failed): tonight's
+        errors under the usual test names, never an earlier build's verdict."""
+        from pathlib import Path
+
+        from release import junit
+        from release.atomic import write_text
+
         for gate, job in self.gates.items():
             if gate in self.judged or not job.get("report_xml"):
                 continue
-            from pathlib import Path
-
-            from release import junit
-            from release.atomic import write_text
-
             try:
                 write_text(Path(job["report_xml"]), junit.text(junit.failed(job, failures)))
             except OSError as exc:  # the failure being reported may be this very disk
@@ -152,7 +153,8 @@ def _annotations(task: str, code: int, fail) -> list[str]:
     if code == MISTAKE:
         return ci.mistake_annotations(fail.message, fail.problems)
     if code == BUDGETS_MISSED:
-        return [ci.annotation(line, title=f"budget missed ({variant} {budget})") for variant, budget, line in fail.missed]
+        return [ci.annotation(line, title=f"budget missed ({variant} {budget})")
+                for variant, budget, line in fail.missed]
     lines = [line for line in fail.get_msg().strip().splitlines() if line.strip()]
     return [ci.annotation(f"{task}: {lines[-1] if lines else fail.message} (see the log for the traceback)",
                           title="release crashed (exit 2)")]
