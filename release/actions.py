@@ -208,10 +208,8 @@ def report_is_current(path: str, key: str) -> bool:
 @guarded
 def gate(job: dict) -> None:
     from release import gate as gates
-    from release import render
+    from release import junit, render
     from release.atomic import write_text
-
-    from release import junit
 
     report = gates.build(job)
     report.write(Path(job["report"]))

@@ -235,21 +235,24 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
     from release.errors import ReleaseError
 
     root = Path(root) if root is not None else Path.cwd()
+    building = False  # this process holds the build lock: it may replace the report of a build
     try:
         if lock if lock is not None else buildlock.needs_lock(sys.argv):
             buildlock.acquire(root / "artifacts", _seconds(lock_wait or os.environ.get("RELEASE_LOCK_WAIT") or 0))
+            building = True
         path = recipes.resolve(manifest_name, root)
         return plans.recorded(path, root) or make_plan(path, root)
     except ReleaseError as exc:
-        _report_load_failure(manifest_name, root, "mistake", str(exc))
+        if building:
+            _report_load_failure(manifest_name, root, "mistake", str(exc))
         _stop(MISTAKE, str(exc), ci.error_annotations(exc))
     except OSError as exc:
         message = explain(exc, root / "artifacts")
         if message is None:
-            _crashed(manifest_name, root)
+            _crashed(manifest_name, root if building else None)
         _stop(MISTAKE, message, ci.mistake_annotations(message))
     except Exception:  # a bug, here or in user code the plan imports: a crash, not a mistake
-        _crashed(manifest_name, root)
+        _crashed(manifest_name, root if building else None)
 
 
 def _stop(code: int, message: str, annotations: list[str]):
@@ -287,12 +290,15 @@ def _report_load_failure(manifest_name: str, root: Path, kind: str, message: str
         return
 
 
-def _crashed(manifest_name: str, root: Path):
+def _crashed(manifest_name: str, building: Path | None):
+    """Stop with a crash's code and traceback; `building` is the root of a build this process holds
+    the lock of (its report.xml says so), None for a read-only command."""
     import traceback
 
     text = traceback.format_exc()
     last = text.strip().splitlines()[-1]
-    _report_load_failure(manifest_name, root, "crash", text)
+    if building is not None:
+        _report_load_failure(manifest_name, building, "crash", text)
     _stop(CRASH, f"planning the build crashed:\n{text}",
           [ci.annotation(f"{last} (see the log for the traceback)", title="release crashed (exit 2)")])
 

@@ -120,6 +120,9 @@ def test_a_manifest_mistake_at_load_exits_3_and_report_xml_says_so_not_last_nigh
     doc = tiny_manifest_dict()
     doc["budget"]["size_mb"] = "1 MB"
     path = write_manifest(root, doc)
+    before = (root / "artifacts/tiny/report.xml").read_text()
+    listing = run_doit(root, "list", "manifest=tiny.yaml")  # takes no build lock: replaces no report
+    assert listing.returncode == 3 and (root / "artifacts/tiny/report.xml").read_text() == before
     done = run_doit(root, "release", "manifest=tiny.yaml", env=github(tmp_path, root))
     assert done.returncode == 3, done.stdout + done.stderr
     assert executed(done.stdout) == [] and "Traceback" not in done.stderr
