@@ -182,3 +182,42 @@ def test_the_exit_codes_are_distinct_and_documented_as_defined():
         rows = {int(code): meaning.lower() for code, meaning in re.findall(r"^\| (\d) \| ([^|]+) \|", page.read_text(), re.M)}
         assert sorted(rows) == sorted(said), page.name
         assert all(said[code] in rows[code] for code in said), (page.name, rows)
+
+
+def _run_reporter(failures, tmp_path, gate_ran=False):
+    """doit's calls on the reporter for a run whose tasks failed as given: the exit code it ends with."""
+    import io
+
+    from doit.task import Task
+
+    def task(name, job=None):
+        return Task(name, [(lambda job: None, [job or {}])])
+
+    job = {"name": "det", "version": "1", "budget": {"size_mb": 1.0}, "report_xml": str(tmp_path / "report.xml"),
+           "variants": {"fp32": {"fingerprint": "a" * 64, "records": []}}}
+    gate = task("gate:det", job)
+    reporter = doitstate.CommittingReporter(io.StringIO(), {})
+    reporter.initialize({"gate:det": gate}, ["release"])
+    if gate_ran:
+        reporter.skip_uptodate(gate)
+    for name, fail in failures:
+        reporter.add_failure(task(name), fail)
+    try:
+        reporter.complete_run()
+    except SystemExit as exc:
+        return exc.code
+    return None
+
+
+def test_the_most_serious_failure_is_the_exit_code_and_a_consequence_counts_for_none(tmp_path):
+    from doit.exceptions import TaskError, UnmetDependency
+
+    crash, mistake = TaskError("PythonAction Error", RuntimeError("boom")), doitstate.Mistake("bad data")
+    missed = doitstate.BudgetsMissed("no variant", [("fp32", "size_mb", "fp32: size 2 MB vs max 1 MB")])
+    assert _run_reporter([("release", missed)], tmp_path, gate_ran=True) == BUDGETS_MISSED
+    assert not (tmp_path / "report.xml").exists()  # the gate judged: its report stands
+    assert _run_reporter([("track:det", mistake), ("release", missed)], tmp_path, gate_ran=True) == MISTAKE
+    assert _run_reporter([("stage:b@x", mistake), ("stage:a@y", crash)], tmp_path) == CRASH
+    assert _run_reporter([("gate:det", UnmetDependency("stage:a@y"))], tmp_path) is None  # doit's own code
+    cases = check_junit_shape(ET.parse(tmp_path / "report.xml").getroot())  # from the run before
+    assert cases["stage:a@y"].find("error").get("type") == "crash" and cases["fp32.size_mb"].find("skipped") is not None
