@@ -1,6 +1,7 @@
 """The actions doit runs. Each takes one plain dict (picklable, for `doit -n N`) and writes its
-outputs atomically. A ReleaseError becomes a doit failure with its message and no traceback; any
-other exception is a bug and keeps its traceback.
+outputs atomically. A ReleaseError becomes a doit failure (a `Mistake`, exit 3) with its message
+and no traceback; any other exception is a bug and keeps its traceback (a crash, exit 2); a build
+whose variants all miss a budget fails with `BudgetsMissed` (exit 1). See docs/ci.md.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ RECORD_SCHEMA = 1
 def guarded(fn):
     @functools.wraps(fn)
     def wrapper(job: dict):
-        from doit.exceptions import TaskFailed
+        from release.doitstate import Mistake
 
         try:
             fn(job)
         except ReleaseError as exc:
-            return TaskFailed(str(exc))
+            return Mistake(str(exc), getattr(exc, "problems", ()))
         except Exception as exc:
             # A full or read-only disk is said in one line whatever library tripped over it; any
             # other exception is a bug and keeps its traceback.
@@ -35,7 +36,7 @@ def guarded(fn):
             message = explain(exc, _written_folder(job))
             if message is None:
                 raise
-            return TaskFailed(message)
+            return Mistake(message)
         return None
 
     return wrapper
@@ -207,12 +208,13 @@ def report_is_current(path: str, key: str) -> bool:
 @guarded
 def gate(job: dict) -> None:
     from release import gate as gates
-    from release import render
+    from release import junit, render
     from release.atomic import write_text
 
     report = gates.build(job)
     report.write(Path(job["report"]))
     write_text(Path(job["report_md"]), render.markdown(report))
+    junit.write(report, Path(job["report_xml"]))  # for CI test reporters (docs/ci.md)
     # The final summary of every build, rendered now: a no-op build prints it without loading the
     # typed report or a stage (pydantic stays off the no-op path).
     from release.fingerprint import file_sha256
@@ -279,25 +281,55 @@ def ui(job: dict) -> None:
 
 
 def show_result(job: dict):
-    """The last word of every build: the gate table, and a failure when nothing passed."""
-    from doit.exceptions import TaskFailed
+    """The last word of every build: the gate table (also to the CI job's step summary), and a
+    failure when nothing passed."""
+    from release.doitstate import BudgetsMissed, Mistake
 
     try:
         report = read_json(Path(job["report"]))
         summary = _summary(job)
     except (OSError, ValueError) as exc:
-        return TaskFailed(f"{job['report']}: unreadable ({exc}); run the build again.")
+        return Mistake(f"{job['report']}: unreadable ({exc}); run the build again.")
     except ReleaseError as exc:
-        return TaskFailed(str(exc))
+        return Mistake(str(exc))
     print(summary["table"])
+    _step_summary(job)
     if not report["passed"]:
-        return TaskFailed(f"no variant of {report['name']} meets its budgets:\n{summary['missed']}\n"
-                          f"(report: {job['report']})")
+        return BudgetsMissed(f"no variant of {report['name']} meets its budgets:\n{summary['missed']}\n"
+                             f"(report: {job['report']})", _misses(report))
     from release.publish import verify
 
     published = read_json(Path(job["publish"]))
     problem = verify(Path(job["root"]) / published["published"])[1]
     if problem is not None:  # publish verified it; something changed it since
-        return TaskFailed(f"the release is not as published: {problem}. Run the build again to restore it.")
+        return Mistake(f"the release is not as published: {problem}. Run the build again to restore it.")
     print(f"released {report['selected']} -> {published['published']}")
     return None
+
+
+def _step_summary(job: dict) -> None:
+    """report.md appended to GITHUB_STEP_SUMMARY, on every build (a no-op one too: a CI job that
+    restored its artifacts still shows the table)."""
+    from release import ci
+
+    if job.get("report_md") and os.environ.get("GITHUB_STEP_SUMMARY"):
+        try:
+            ci.append_summary(Path(job["report_md"]).read_text(encoding="utf-8"))
+        except OSError:
+            pass
+
+
+def _misses(report: dict) -> list[tuple[str, str, str]]:
+    """(variant, budget, one line) per missed budget, from report.json (no typed report: a no-op
+    build that misses its budgets stays light)."""
+    def figure(value, unit: str) -> str:
+        return f"{value:.4g} {unit}".rstrip()
+
+    out = []
+    for variant, row in report["variants"].items():
+        for c in row.get("checks", []):
+            if not c["pass"]:
+                why = c.get("reason") or f"missed by {figure(abs(c['margin']), c['unit'])}"
+                out.append((variant, c["budget"], f"{variant}: {c['label']} {figure(c['value'], c['unit'])} vs "
+                                                  f"{c['direction']} {figure(c['limit'], c['unit'])}: {why}"))
+    return out

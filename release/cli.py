@@ -96,11 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     schema.set_defaults(func=_schema)
     _add_init(sub)
     args = parser.parse_args(argv)
+    return _run(args)
+
+
+def _run(args) -> int:
+    """A subcommand, with the exit codes of docs/ci.md: 3 for a mistake (one message, and GitHub
+    annotations in Actions), 2 for a crash (with its traceback)."""
+    from release import ci
+    from release.errors import CRASH, MISTAKE
+
     try:
         return args.func(args)
     except ReleaseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
+        ci.annotate(ci.error_annotations(exc))
+        return MISTAKE
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and the code that says so
+        import traceback
+
+        traceback.print_exc()
+        return CRASH
 
 
 if __name__ == "__main__":

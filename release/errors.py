@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
+
+# The exit codes of `doit release` and `release check` (docs/ci.md). When several tasks fail (with
+# --continue or -n N), the most serious counts: a crash, then a mistake, then budgets missed.
+RELEASED = 0
+BUDGETS_MISSED = 1  # the build ran; no variant meets every budget (report.xml says which missed what)
+CRASH = 2           # an unexpected exception: a bug here or in user code, shown with its traceback
+MISTAKE = 3         # a mistake to fix: the manifest, an input it names, or what the build needs around it
 
 
 class ReleaseError(Exception):
@@ -12,8 +20,25 @@ class ReleaseError(Exception):
     """
 
 
+class Problem(NamedTuple):
+    """One located problem of a manifest (for CI annotations: file, line, field)."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+
 class ManifestError(ReleaseError):
-    """A manifest that does not validate; the message lists every problem found."""
+    """A manifest that does not validate; the message lists every problem found, and `problems`
+    holds the located ones (those listed, up to the first 50)."""
+
+    def __init__(self, message: str, problems: Iterable[Problem] = ()):
+        super().__init__(message)
+        self.problems = [Problem(*p) for p in problems]
+
+    def __reduce__(self):  # picklable with its problems (a doit -n N worker sends failures back)
+        return type(self), (str(self), list(self.problems))
 
 
 class CheckpointError(ReleaseError):

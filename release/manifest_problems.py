@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from release.errors import ManifestError, did_you_mean
+from release.errors import ManifestError, Problem, did_you_mean
 from release.manifest_yaml import _line_for
 
 
@@ -40,6 +40,7 @@ class _Problems:
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path, self.lines, self.items, self.count = path, lines, [], 0
+        self.located: list[Problem] = []  # the listed ones, structured (CI annotations)
 
     def add(self, loc: tuple, message: str, line: int | None = None) -> None:
         self.count += 1
@@ -48,12 +49,14 @@ class _Problems:
         line = line or _line_for(self.lines, loc)
         where = f"line {line}, " if line else ""
         self.items.append(f"  {where}{_dotted(loc)}: {message}")
+        self.located.append(Problem(str(self.path), line, _dotted(loc), message))
 
     def raise_if_any(self) -> None:
         if self.items:
             n = self.count
             more = [f"  ... and {n - len(self.items)} more"] if n > len(self.items) else []
-            raise ManifestError(f"{self.path}: {n} problem{'s' * (n != 1)}\n" + "\n".join(self.items + more))
+            raise ManifestError(f"{self.path}: {n} problem{'s' * (n != 1)}\n" + "\n".join(self.items + more),
+                                self.located)
 
 
 def _describe(err: dict, model: type[BaseModel] | None, loc_prefix: tuple = ()) -> tuple[tuple, str]:

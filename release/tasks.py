@@ -12,7 +12,8 @@ import functools
 import shutil
 from pathlib import Path
 
-from release import actions, ownership
+from release import actions, ci, ownership
+from release.errors import CRASH, MISTAKE
 from release.plan import Plan, relative, short
 
 
@@ -146,18 +147,23 @@ def gate_task(plan: Plan) -> dict:
     from release.fingerprint import digest
 
     job = _job(plan, name=plan.name, version=plan.version, budget=plan.budget, select=plan.select,
-               target=plan.target, variants=variants, **_report_paths(plan))
+               target=plan.target, variants=variants, **_report_paths(plan),
+               report_xml=str(plan.release_dir / "report.xml"))
     deps = sorted({p for v in variants.values() for p in [v["size"], v["map"], v["latency"], *v["records"]]})
     # The report records the key it was made from; up to date means that key, not doit's memory of
     # an earlier run (a killed run may have rewritten the report from another plan).
     # Paths are relative: a project copied or restored elsewhere is still up to date.
     job["key"] = digest({k: job[k] for k in ("name", "version", "budget", "select", "target")},
                         {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
+    from release import junit
+
     return {
-        "name": plan.name, "doc": "check every variant against the budgets; write report.json and report.md",
+        "name": plan.name, "doc": "check every variant against the budgets; write report.json, .md and .xml (JUnit)",
         "actions": [(actions.gate, [job])], "file_dep": _rel(plan, deps),
-        "targets": _rel(plan, [job["report"], job["report_md"]]),
-        "uptodate": [(actions.report_is_current, [job["report"], job["key"]])],
+        "targets": _rel(plan, [job["report"], job["report_md"], job["report_xml"]]),
+        # report.xml too: a build that stopped before its gate replaced it with its errors
+        "uptodate": [(actions.report_is_current, [job["report"], job["key"]]),
+                     (junit.is_gate_report, [job["report_xml"], job["key"]])],
         "clean": True,
     }
 
@@ -215,7 +221,8 @@ def ui_task(plan: Plan) -> dict:
 def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | float | None = None,
              lock: bool | None = None) -> Plan:
     """The plan of a manifest for dodo.py: the recorded one when its stamps hold, else made anew
-    (and recorded); a user mistake exits with the message, not a traceback.
+    (and recorded); a user mistake exits 3 with the message, not a traceback (also as GitHub
+    annotations, release/ci.py), and a crash exits 2 with its traceback (docs/ci.md).
 
     A build (anything but `doit list`, `info`, `ui`, ...) first takes the project's build lock, so two
     builds of one folder never run at once; `lock_wait` (doit's `wait=SECONDS`, or RELEASE_LOCK_WAIT)
@@ -228,20 +235,72 @@ def plan_for(manifest_name: str, root: Path | None = None, lock_wait: str | floa
     from release.errors import ReleaseError
 
     root = Path(root) if root is not None else Path.cwd()
+    building = False  # this process holds the build lock: it may replace the report of a build
     try:
         if lock if lock is not None else buildlock.needs_lock(sys.argv):
             buildlock.acquire(root / "artifacts", _seconds(lock_wait or os.environ.get("RELEASE_LOCK_WAIT") or 0))
+            building = True
         path = recipes.resolve(manifest_name, root)
         return plans.recorded(path, root) or make_plan(path, root)
     except ReleaseError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
+        if building:
+            _report_load_failure(manifest_name, root, "mistake", str(exc))
+        _stop(MISTAKE, str(exc), ci.error_annotations(exc))
     except OSError as exc:
         message = explain(exc, root / "artifacts")
         if message is None:
-            raise
-        print(f"ERROR: {message}", file=sys.stderr)
-        raise SystemExit(3) from None
+            _crashed(manifest_name, root if building else None)
+        _stop(MISTAKE, message, ci.mistake_annotations(message))
+    except Exception:  # a bug, here or in user code the plan imports: a crash, not a mistake
+        _crashed(manifest_name, root if building else None)
+
+
+def _stop(code: int, message: str, annotations: list[str]):
+    """End the build before any task runs (doit would say 3 for any exception while loading)."""
+    import sys
+
+    print(f"ERROR: {message}", file=sys.stderr)
+    ci.annotate(annotations)
+    ci.append_summary(ci.failure_summary(code, [("plan", ci.EXIT_KINDS[code], message)]))
+    raise SystemExit(code) from None
+
+
+def _report_load_failure(manifest_name: str, root: Path, kind: str, message: str) -> None:
+    """The manifest's report.xml says tonight's build stopped while planning (its cases are those
+    of the last plan recorded under the manifest's name, not judged), not what an earlier build
+    found. Best effort: with no earlier build of that name there is no report to replace."""
+    import json
+
+    import yaml
+
+    from release import junit, recipes
+    from release.atomic import write_text
+    from release.errors import ReleaseError
+
+    try:
+        name = yaml.safe_load(recipes.resolve(manifest_name, root).read_text(encoding="utf-8"))["name"]
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            return
+        folder = root / "artifacts" / name
+        job = gate_task(Plan.from_record(json.loads((folder / "plan.json").read_text())["plan"]))["actions"][0][1][0]
+        if job["name"] != name:
+            return
+        write_text(folder / "report.xml", junit.text(junit.failed(job, [("plan", kind, message)])))
+    except (ReleaseError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, yaml.YAMLError):
+        return
+
+
+def _crashed(manifest_name: str, building: Path | None):
+    """Stop with a crash's code and traceback; `building` is the root of a build this process holds
+    the lock of (its report.xml says so), None for a read-only command."""
+    import traceback
+
+    text = traceback.format_exc()
+    last = text.strip().splitlines()[-1]
+    if building is not None:
+        _report_load_failure(manifest_name, building, "crash", text)
+    _stop(CRASH, f"planning the build crashed:\n{text}",
+          [ci.annotation(f"{last} (see the log for the traceback)", title="release crashed (exit 2)")])
 
 
 def make_plan(path: Path, root: Path) -> Plan:

@@ -164,7 +164,7 @@ def test_required_tracking_fails_when_the_server_is_away(tiny_built, tmp_path):
     write_manifest(root, tiny_manifest_dict(tracking={"uri": f"http://127.0.0.1:{free_port()}", "required": True}))
     done = run_doit(root, "release", "manifest=tiny.yaml")
     text = done.stdout + done.stderr
-    assert done.returncode == 1, text
+    assert done.returncode == 3, text  # a stated problem to fix, not budgets missed (docs/ci.md)
     assert "unreachable" in text and "tracking.required is true" in text and "Traceback" not in text
     assert (root / "artifacts/tiny/release/0.0.1/model.onnx").is_file()  # the gate did not wait for it
 

@@ -233,12 +233,12 @@ def test_a_function_is_not_a_class(user_module):
 
 def test_release_check_reports_a_broken_adapter(tmp_path, user_module, capsys):
     """Through the real CLI: the model check loads the adapter, and its message reaches the user
-    located at its manifest line, on stderr with exit status 2."""
+    located at its manifest line, on stderr with exit status 3 (a mistake, docs/ci.md)."""
     doc = tiny_manifest_dict()
     doc["model"]["adapter"] = f"{user_module}:Misspelled"
     doc["variants"] = {"tuned": ["strip", {"finetune": {"steps": 1}}, "export"]}
     path = write_manifest(tmp_path, doc)
-    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 2
+    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert (f"model.adapter: {user_module}:Misspelled has no method postprocess(outputs, meta) "
             f"(did you mean post_process?)") in err and "ERROR: " in err

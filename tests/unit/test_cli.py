@@ -10,13 +10,21 @@ def test_validate_prints_the_plan_without_building(tmp_path, capsys):
     assert "int8: strip@" in out and not (tmp_path / "artifacts" / "stages").exists()
 
 
-def test_validate_reports_errors_without_traceback(tmp_path, capsys):
+def test_validate_reports_errors_without_traceback(tmp_path, capsys, monkeypatch):
     doc = tiny_manifest_dict()
     doc["target"]["threads"] = 0
     path = write_manifest(tmp_path, doc)
-    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "target.threads: got 0; input should be greater than 0" in err
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 3  # a mistake (docs/ci.md)
+    captured = capsys.readouterr()
+    assert "target.threads: got 0; input should be greater than 0" in captured.err
+    assert "::error" not in captured.out + captured.err  # annotations only in GitHub Actions
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("threads:"))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 3
+    out = capsys.readouterr().out
+    assert f"::error file=tiny.yaml,line={line},title=target.threads::got 0; input should be greater than 0" in out
 
 
 def test_validate_imports_a_builder_from_the_project_folder_like_doit(tmp_path):
@@ -43,7 +51,7 @@ def test_check_checks_model_kwargs_without_a_check_stage(tmp_path, capsys):
     doc.pop("generate")  # a generator that takes model.kwargs refuses the typo as the manifest loads
     placeholder_data(tmp_path)
     path = write_manifest(tmp_path, doc)
-    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 2
+    assert cli.main(["check", str(path), "--root", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert "model.kwargs.widht: release.models.demo.detector:build takes no argument 'widht'. Did you mean 'width'?" in err
     assert "Traceback" not in err

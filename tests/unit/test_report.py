@@ -163,7 +163,7 @@ def _gate_job(tmp_path: Path) -> dict:
     return {"key": "plan-key", "name": "det", "version": "1.0.0", "budget": {"size_mb": 1.0, "latency_ms": None,
             "min_map": 0.45, "latency_from": "any"}, "select": "smallest", "variants": files,
             "target": {"name": "rpi4", "description": "Raspberry Pi 4"}, "root": str(tmp_path),
-            "report": str(d / "report.json"), "report_md": str(d / "report.md")}
+            "report": str(d / "report.json"), "report_md": str(d / "report.md"), "report_xml": str(d / "report.xml")}
 
 
 def test_the_gate_builds_the_report_from_measurement_and_record_files(tmp_path):
@@ -186,11 +186,18 @@ def test_the_gate_builds_the_report_from_measurement_and_record_files(tmp_path):
 
     from release import actions
 
-    assert actions.gate(job) is None  # the action: build, write report.json and report.md
+    assert actions.gate(job) is None  # the action: build, write report.json, report.md and report.xml
     assert Report.read(Path(job["report"])) == report
     md = Path(job["report_md"]).read_text()
     assert md.startswith("# Build report: det 1.0.0") and "* released: int8 (select: smallest)" in md
     assert actions.report_is_current(job["report"], "plan-key")
+    import xml.etree.ElementTree as ET
+
+    from release import junit
+
+    cases = [c.get("name") for c in ET.parse(job["report_xml"]).getroot().iter("testcase")]
+    assert sorted(cases) == sorted(f"{v}.{b}" for v in job["variants"] for b in ("size_mb", "min_map"))
+    assert junit.is_gate_report(job["report_xml"], "plan-key")
 
 
 # ---------------------------------------------------------------- stage text through describe hooks
