@@ -81,7 +81,7 @@ def test_init_refuses_to_overwrite_and_then_writes_nothing(tmp_path, capsys, exi
     (tmp_path / existing).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / existing).write_text("mine\n")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", *MODEL, "--data", "data") == 2
+    assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", *MODEL, "--data", "data") == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / existing) in err and "wrote nothing" in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
@@ -110,7 +110,7 @@ def test_a_wrong_builder_or_target_stops_init_before_it_writes(tmp_path, capsys)
     (tmp_path / "c.pt").write_bytes(b"x")
     assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", "--builder", "nowhere.model:build",
                 "--adapter", "release.models.demo.detector:Adapter", "--input-shape", "64,64",
-                "--data", "data", "--target", "rpi9") == 2
+                "--data", "data", "--target", "rpi9") == 3
     err = capsys.readouterr().err
     assert "model.builder: no module 'nowhere.model'" in err and "Did you mean 'rpi5'" in err
     assert str(tmp_path / "recipes" / "acme.yaml") in err and "Nothing was written" in err
@@ -129,7 +129,7 @@ def test_a_wrong_builder_or_target_stops_init_before_it_writes(tmp_path, capsys)
     (["--name", "acme", "--checkpoint", "c", *MODEL, "--data", "d", "--budget", "size"], "--budget 'size'"),
 ])
 def test_flag_mistakes_are_one_message(tmp_path, capsys, flags, message):
-    assert init(tmp_path, *flags) == 2
+    assert init(tmp_path, *flags) == 3
     err = capsys.readouterr().err
     assert message in err and err.startswith("ERROR: ") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -157,7 +157,7 @@ def test_yolo_flat_folder_is_the_eval_split_and_needs_names(tmp_path, capsys):
     (data / "images").mkdir(parents=True)
     (data / "images" / "0.png").write_bytes(b"\x89PNG")
     (data / "labels").mkdir()
-    assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", *MODEL, "--data", "flat") == 2
+    assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", *MODEL, "--data", "flat") == 3
     assert "--names a,b,c" in capsys.readouterr().err
     assert init(tmp_path, "--name", "acme", "--checkpoint", "c.pt", *MODEL, "--data", "flat", "--names", "x, y") == 0
     entry = {"format": "yolo", "images": "flat/images", "names": ["x", "y"]}
