@@ -94,7 +94,8 @@ def _label_kinds(folder: Path) -> set[str]:
 def locate(ref, split: str | None = None, on_disk: bool = True) -> Layout:
     """The format and labels of a DataRef (format, annotations, images, names); `on_disk` False
     for a split a generator makes, which is not there yet (nothing is detected from files)."""
-    fmt, ann, images, names = ref.format, ref.annotations, Path(ref.images), ref.names
+    fmt, names = getattr(ref, "format", "auto"), getattr(ref, "names", None)  # a ref of before them: COCO
+    ann, images = ref.annotations, Path(ref.images)
     if fmt in ("coco", "voc") or (fmt == "yolo" and ann is not None):
         return _with_names(Layout(fmt, images, ann, names), split)
     if ann is not None:
