@@ -269,5 +269,5 @@ def _unlabelled(layout, made: bool) -> str:
                 "generator writes YOLO labels")
     sibling = sibling_labels(layout.images)
     return (f"mAP needs labels: give data.eval its annotations (a COCO json, a folder of VOC xml), or YOLO "
-            f"<image stem>.txt label files beside the images" + (f" or in {sibling}" if sibling else "")
+            "<image stem>.txt label files beside the images" + (f" or in {sibling}" if sibling else "")
             + ", with names")

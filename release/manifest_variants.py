@@ -83,4 +83,5 @@ def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
                 elif not ref.labelled and module.needs_labels(params, split):
                     problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
                                                            f"which has no annotations. Add data.{split}.annotations"
+                                                           f", or data.{split}.names to read its YOLO labels"
                                                            f"{module.SPEC.no_labels_hint}.")

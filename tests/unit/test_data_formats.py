@@ -346,3 +346,15 @@ def test_split_hashes_cover_every_label_file(tmp_path):
             cache.split(ann, images, "voc", None)] != first
     assert cache.labels(ann, images, "voc") != cache.labels(tmp_path / "y/labels", tmp_path / "y/images", "yolo",
                                                             CLASSES)
+
+
+def test_the_report_and_the_model_card_list_the_classes_in_output_order():
+    from release import render
+    from release.report import Report
+
+    base = {"key": "k", "name": "n", "version": "1", "target": {"name": "host"}, "budget": {}, "select": "best_map",
+            "variants": {}}
+    assert "classes" not in Report(**base).dump()  # a report of before: the same JSON as before
+    report = Report(**base, classes=CLASSES)
+    assert report.dump()["classes"] == CLASSES and Report.model_validate(report.dump()) == report
+    assert "class index: name): 0 `cat`, 1 `dog`, 2 `bird`." in render.markdown(report)
