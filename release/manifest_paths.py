@@ -268,6 +268,6 @@ def _unlabelled(layout, made: bool) -> str:
         return ("mAP needs labels: give data.eval its annotations, or format: yolo with names when the "
                 "generator writes YOLO labels")
     sibling = sibling_labels(layout.images)
-    return (f"mAP needs labels: give data.eval its annotations (a COCO json, a folder of VOC xml), or YOLO "
+    return ("mAP needs labels: give data.eval its annotations (a COCO json, a folder of VOC xml), or YOLO "
             "<image stem>.txt label files beside the images" + (f" or in {sibling}" if sibling else "")
             + ", with names")
