@@ -67,6 +67,9 @@ def load(layout: Layout, names: list[str], limit: int | None, split: str | None)
         by_stem[stem] = name
         if f"{stem}.txt" in present:
             rows[name] = _parse(labels / f"{stem}.txt", len(names), problems, split)
+    if not rows and not problems.kinds:
+        raise _fail(labels, f"no label file (<image stem>.txt) for any of the {len(files)} images of {images}",
+                    f"Point {_field(split, 'annotations')} at the folder of the split's YOLO labels.")
     kept = files[:limit]
     sizes = _sizes(images, kept, problems)
     problems.raise_any()

@@ -57,6 +57,17 @@ class DataRef(Strict):
                           "classes.txt (one per line)")
     limit: int | None = Field(None, gt=0, description="use only the first N images by id")
 
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names_shape(cls, v):
+        """One message for a value of the wrong kind (not one per member of the union)."""
+        if v is None or isinstance(v, (str, Path)):
+            return v
+        if isinstance(v, list) and all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in v):
+            return [str(n) for n in v]
+        raise ValueError("names is a list of class names in index order, or the path of a data.yaml or a "
+                         "classes.txt")
+
     @field_validator("names")
     @classmethod
     def _distinct_names(cls, v):

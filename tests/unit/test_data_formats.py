@@ -246,6 +246,10 @@ def test_detection_failures_name_the_field(tmp_path):
         open_split(DataRef(images=tmp_path / "images", names=CLASSES), "eval")
     with pytest.raises(DataError, match=r"data\.eval\.names: YOLO labels hold class indices only"):
         open_split(DataRef(annotations=tmp_path / "labels", images=tmp_path / "images"), "eval")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=r"no label file \(<image stem>\.txt\) for any of the 5 images"):
+        open_split(DataRef(format="yolo", annotations=tmp_path / "other", images=tmp_path / "images", names=CLASSES))
 
 
 # ---------------------------------------------------------------- the manifest
