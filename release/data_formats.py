@@ -121,6 +121,21 @@ def locate(ref, split: str | None = None, on_disk: bool = True) -> Layout:
     return Layout("images", images, None, names, probed)
 
 
+def check_labels(layout: Layout, split: str | None = None) -> None:
+    """When a manifest loads: a VOC folder holds .xml files, a YOLO folder the label of at least one
+    image (the readers check every file when the split is read)."""
+    folder = layout.annotations
+    if layout.format not in ("yolo", "voc") or folder is None or not Path(folder).is_dir():
+        return
+    if layout.format == "voc" and not files_with(folder, ".xml"):
+        raise LayoutError(split, "annotations", f"{folder} holds no .xml files: point annotations at the folder "
+                                                f"of VOC xml files (Annotations).")
+    stems = {os.path.splitext(n)[0] for n in image_names(layout.images)}
+    if layout.format == "yolo" and not stems & {os.path.splitext(n)[0] for n in files_with(folder, ".txt")}:
+        raise LayoutError(split, "annotations", f"{folder} holds no label file (<image stem>.txt) of an image in "
+                                                f"{layout.images}: point annotations at the split's YOLO labels.")
+
+
 def _by_annotations(ann: Path, images: Path, names, split: str | None, on_disk: bool) -> Layout:
     """format auto with annotations: a json file is COCO, a folder of xml VOC, a folder of txt YOLO."""
     if not on_disk:

@@ -216,7 +216,7 @@ def _resolve_data(manifest, problems: _Problems):
     labels folder written into `annotations`; its names file read. Problems are located at the field
     to fix. A split a generator makes is not looked at (its files do not exist yet)."""
     from release import fingerprint
-    from release.data_formats import LayoutError, locate, read_names
+    from release.data_formats import LayoutError, check_labels, locate, read_names
     from release.errors import DataError
     from release.generate import owner
 
@@ -232,6 +232,8 @@ def _resolve_data(manifest, problems: _Problems):
             continue  # reported by _check_paths
         try:
             layout = locate(ref, split, on_disk=not made)
+            if not made:
+                check_labels(layout, split)
         except LayoutError as exc:
             problems.add(("data", split, exc.field), exc.reason)
             continue

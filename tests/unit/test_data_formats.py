@@ -314,6 +314,18 @@ def test_detection_problems_are_located_manifest_errors(tmp_path):
     assert "data.eval: mAP needs labels" in message and len(message.splitlines()) == 4
 
 
+def test_a_named_format_whose_folder_holds_no_labels_is_a_located_error(tmp_path):
+    doc = yolo_project(tmp_path)
+    doc["data"]["calibration"] = {"format": "voc", "annotations": "data/labels/val", "images": "data/images/val"}
+    doc["data"]["train"] = {"format": "yolo", "annotations": "data/images/val", "images": "data/images/train",
+                            "names": CLASSES}
+    with pytest.raises(ManifestError) as err:
+        load(tmp_path, doc)
+    found = str(err.value).splitlines()[1:]
+    assert len(found) == 2 and "data.calibration.annotations: " in found[1] and "holds no .xml files" in found[1]
+    assert "data.train.annotations: " in found[0] and "holds no label file (<image stem>.txt)" in found[0]
+
+
 def test_yolo_labels_without_names_are_images_only_and_eval_says_so(tmp_path):
     doc = yolo_project(tmp_path)
     doc["data"]["eval"].pop("format")
