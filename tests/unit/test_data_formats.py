@@ -208,13 +208,14 @@ def test_malformed_voc_files_are_one_located_error(tmp_path):
                                "<ymax>9</ymax></bndbox></object>\n</annotation>\n")
     (ann / "c.xml").write_text("<annotation><size>")
     (ann / "z.xml").write_text("<annotation/>")
+    (ann / "e.xml").write_text('<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY x "xxxxxxxx">]>\n<annotation>&x;</annotation>')
     with pytest.raises(DataError) as err:
         open_split(DataRef(annotations=ann, images=images, names=CLASSES), "eval")
     message = str(err.value)
-    assert message.startswith(f"{ann}: data.eval is not a consistent VOC split (6 problems)"), message
-    for where in ("a.xml:2:", "b.xml:2: 'cow'", "b.xml:3:", "b.xml:4:", "c.xml:1:", "z.xml: no z.*"):
+    assert message.startswith(f"{ann}: data.eval is not a consistent VOC split (7 problems)"), message
+    for where in ("a.xml:2:", "b.xml:2: 'cow'", "b.xml:3:", "b.xml:4:", "c.xml:1:", "z.xml: no z.*", "e.xml"):
         assert where in message, (where, message)
-    assert "not in names" in message and "not well-formed" in message
+    assert "not in names" in message and "not well-formed" in message and "DOCTYPE (refused" in message
 
 
 def test_names_files_are_checked_with_their_lines(tmp_path):
