@@ -1,4 +1,5 @@
-"""COCO-format detection data: one annotations json and one image folder per split.
+"""COCO-format detection data: one annotations json and one image folder per split (YOLO txt
+and Pascal VOC xml splits are read into the same CocoSplit by release/data_yolo.py and data_voc.py).
 
 Reading is validated up front so that a broken dataset fails with the file, the entry and the fix,
 not with a KeyError deep inside evaluation or a silently lower mAP: annotations to unknown images,
@@ -104,12 +105,13 @@ def _split_name(split: str | None) -> str:
 LISTED = 10  # located entries shown in one message; the rest are counted
 
 
-def open_split(ref, split: str | None = None) -> CocoSplit:
-    """A manifest's DataRef: a COCO split, or (no annotations) just the images of a folder.
-    `split` is the manifest's name for it (eval, train, ...), used in messages."""
-    if ref.annotations is None:
-        return image_folder(ref.images, ref.limit, split=split)
-    return load_split(ref.annotations, ref.images, ref.limit, split=split)
+def open_split(ref, split: str | None = None, labels: bool = False) -> CocoSplit:
+    """A manifest's DataRef in its format (COCO json, YOLO txt, VOC xml: release/data_formats.py),
+    or just the images of a folder; `labels` True refuses the latter. `split` is the manifest's name
+    for it (eval, train, ...), used in messages."""
+    from release.data_formats import open_split as opened
+
+    return opened(ref, split, labels)
 
 
 def image_folder(images: Path, limit: int | None = None, split: str | None = None) -> CocoSplit:
@@ -128,8 +130,8 @@ def image_folder(images: Path, limit: int | None = None, split: str | None = Non
 class _Problems:
     """Located problems of one annotations file, grouped by kind, raised as one DataError."""
 
-    def __init__(self, path: Path, split: str | None) -> None:
-        self.path, self.split = path, split
+    def __init__(self, path: Path, split: str | None, kind: str = "COCO") -> None:
+        self.path, self.split, self.kind = path, split, kind  # kind: the format, for the message
         self.kinds: dict[str, tuple[str, str, list[str]]] = {}  # what -> (noun, fix, entries)
 
     def add(self, noun: str, what: str, fix: str, entry: str) -> None:
@@ -140,7 +142,7 @@ class _Problems:
             return
         total = sum(len(entries) for _, _, entries in self.kinds.values())
         per_kind = max(2, LISTED // len(self.kinds))
-        lines = [f"{self.path}: {_split_name(self.split)} is not a consistent COCO split "
+        lines = [f"{self.path}: {_split_name(self.split)} is not a consistent {self.kind} split "
                  f"({total} problem{'s' if total > 1 else ''}):"]
         for what, (noun, fix, entries) in self.kinds.items():
             n = len(entries)

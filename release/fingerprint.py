@@ -77,12 +77,17 @@ class HashCache:
             str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
         return digest([(n, self.file(path / n) if (path / n).is_file() else "missing") for n in names])
 
-    def split(self, annotations: Path | None, images: Path) -> str:
+    def split(self, annotations: Path | None, images: Path, format: str = "auto", names=None) -> str:
         """Hash of what a data split is read from: its annotations and the images they name, or, for
-        an images-only split, the image files at the top of its folder (as release.data reads them).
-        Only those files are hashed, so a folder that holds other things (or /usr) costs nothing more."""
+        an images-only split, the image files at the top of its folder (as release.data reads them);
+        for YOLO and VOC (`format`, `names` as in the manifest's DataRef), every label file and the
+        names file too (self.labels). Only those files are hashed, so a folder that holds other
+        things (or /usr) costs nothing more."""
         images = Path(images)
         READ.add(str(images))
+        if format in ("yolo", "voc") or (annotations is not None and os.path.isdir(annotations)):
+            labels, read = self._labelled(annotations, images, format, names)
+            return digest(labels, self.folder(images, read))
         if annotations is None:
             with os.scandir(images) as entries:
                 names = [e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()]
@@ -101,6 +106,37 @@ class HashCache:
         # A name that leaves the folder is never opened (release.data refuses it, located).
         safe = [n for n in names if not os.path.isabs(n) and ".." not in Path(n).parts]
         return digest(ann, self.folder(images, safe))
+
+    def labels(self, annotations: Path | None, images: Path, format: str = "auto", names=None) -> str:
+        """Hash of a split's labels: the COCO json, or YOLO / VOC label files and the class names."""
+        if format in ("yolo", "voc") or (annotations is not None and os.path.isdir(annotations)):
+            return self._labelled(annotations, images, format, names)[0]
+        return self.file(annotations)
+
+    def _labelled(self, annotations, images: Path, format: str, names) -> tuple[str, list[str]]:
+        """(hash of the label files and names, the image files read) of a YOLO or VOC split: YOLO
+        reads every image at the top of its folder and <stem>.txt where there is one, VOC every
+        .xml and the image of its stem (release/data_yolo.py, data_voc.py)."""
+        from types import SimpleNamespace
+
+        from release.data_formats import files_with, image_names, locate
+        from release.errors import DataError
+
+        try:
+            layout = locate(SimpleNamespace(format=format, annotations=annotations, images=images, names=names))
+            folder = Path(layout.annotations)
+            READ.update([str(folder), *layout.probed])
+            pictures = image_names(images)
+            stems = {os.path.splitext(n)[0]: n for n in reversed(pictures)}
+            if layout.format == "voc":
+                labels = files_with(folder, ".xml")
+                pictures = sorted(stems[s] for s in (os.path.splitext(x)[0] for x in labels) if s in stems)
+            else:
+                labels = sorted(set(files_with(folder, ".txt")) & {f"{s}.txt" for s in stems})
+        except (DataError, OSError, TypeError):
+            return digest(format, str(annotations), "unreadable"), []  # the stage reading it says why, located
+        named = names if not isinstance(names, (str, Path)) else self.file(names) if os.path.isfile(names) else "missing"
+        return digest(layout.format, named, self.folder(folder, labels)), pictures
 
     def save(self) -> None:
         if not self._dirty:

@@ -26,15 +26,16 @@ def build(job: dict) -> Report:
     every variant judged and the release chosen."""
     from release.atomic import read_json
 
-    rows = {}
+    rows, classes = {}, None
     for name, files in job["variants"].items():
         records = [read_json(Path(r)) for r in files["records"]]
-        row = measured_row(files, read_json(Path(files["size"])), read_json(Path(files["map"])),
-                           read_json(Path(files["latency"])), records)
+        acc = read_json(Path(files["map"]))
+        classes = classes or acc.get("classes")  # data.eval's, the same for every variant
+        row = measured_row(files, read_json(Path(files["size"])), acc, read_json(Path(files["latency"])), records)
         rows[name] = judged(row, job["budget"])
     report = Report(key=job["key"], name=job["name"], version=job["version"], target=job["target"],
                     budget=job["budget"], select=job["select"],
-                    latency_provenance=latency_provenance(rows, job["target"]), variants=rows)
+                    latency_provenance=latency_provenance(rows, job["target"]), variants=rows, classes=classes)
     report.selected = select(rows, report.select)
     report.passed = report.selected is not None
     return report

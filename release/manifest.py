@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from release.errors import ManifestError
 from release.manifest_generators import _check_generators
-from release.manifest_paths import _check_paths
+from release.manifest_paths import _check_paths, _resolve_data
 from release.manifest_variants import _check_data_needs, _parse_variants
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
@@ -35,11 +35,66 @@ class Strict(BaseModel):
 
 
 class DataRef(Strict):
-    annotations: Path | None = Field(None, description="COCO-format annotations json; may be left out of a "
-                                                       "split only images are read from (calibration, "
-                                                       "distill with labels: false)")
-    images: Path = Field(description="folder holding the images the json names")
+    """One split of data, in the format users have it: COCO json, YOLO txt or Pascal VOC xml (the
+    layouts: [datasets.md](datasets.md)). Image ids, class order and category ids are the format's
+    (YOLO: images by file name, classes in `names` order); the report and the model card list the
+    class names in the model's output order."""
+
+    format: Literal["auto", "coco", "yolo", "voc"] = Field(
+        "auto", description="auto detects: annotations a .json file -> coco, a folder of .xml -> voc, of .txt -> "
+                            "yolo; no annotations: yolo when names is given and <image stem>.txt label files are "
+                            "beside the images or in the sibling labels folder (images/<split> -> "
+                            "labels/<split>), else images only")
+    annotations: Path | None = Field(None, description="coco: the annotations json; voc: the folder of .xml files; "
+                                                       "yolo: the labels folder (may be left out: found as auto "
+                                                       "does); left out of a split only images are read from "
+                                                       "(calibration, distill with labels: false)")
+    images: Path = Field(description="folder holding the images (coco: the json's file names are relative to it; "
+                                     "voc: JPEGImages)")
+    names: list[str] | Path | None = Field(
+        None, description="class names in index order, for yolo (required) and voc (else the sorted names "
+                          "found): a list, or the path of a data.yaml (its names: list or index: name) or of a "
+                          "classes.txt (one per line)")
     limit: int | None = Field(None, gt=0, description="use only the first N images by id")
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names_shape(cls, v):
+        """One message for a value of the wrong kind (not one per member of the union)."""
+        if v is None or isinstance(v, (str, Path)):
+            return v
+        if isinstance(v, list) and all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in v):
+            return [str(n) for n in v]
+        raise ValueError("names is a list of class names in index order, or the path of a data.yaml or a "
+                         "classes.txt")
+
+    @field_validator("names")
+    @classmethod
+    def _distinct_names(cls, v):
+        if isinstance(v, list):
+            if not v or any(not n.strip() for n in v):
+                raise ValueError("give at least one class name, none of them empty")
+            repeated = sorted({n for n in v if v.count(n) > 1})
+            if repeated:
+                raise ValueError(f"class names must be distinct: {', '.join(repeated[:5])} repeated")
+        return v
+
+    @model_validator(mode="after")
+    def _format_fields(self):
+        if self.format in ("coco", "voc") and self.annotations is None:
+            raise ValueError(f"format: {self.format} needs annotations: "
+                             + ("the COCO json" if self.format == "coco" else "the folder of VOC .xml files"))
+        if self.format == "yolo" and self.names is None:
+            raise ValueError("format: yolo needs names: YOLO labels hold class indices only (a list, a data.yaml "
+                             "or a classes.txt)")
+        if self.format == "coco" and self.names is not None:
+            raise ValueError("a COCO json names its categories itself: leave names out")
+        return self
+
+    @property
+    def labelled(self) -> bool:
+        """Whether boxes are read with the images: annotations given, or YOLO labels found beside them."""
+        return self.annotations is not None or self.format == "yolo"
 
 
 class Data(Strict):
@@ -47,14 +102,8 @@ class Data(Strict):
     calibration: DataRef | None = Field(None, description="calibration split for static quantization")
     tuning: DataRef | None = Field(None, description="labelled split on which quantize's max_map_drop search "
                                                      "measures mAP (quantize.tuning_split: tuning); never eval")
+    # Whether data.eval is labelled is checked once its format is known (manifest_paths._resolve_data).
     eval: DataRef = Field(description="evaluation split: every variant's mAP is measured on it")
-
-    @field_validator("eval")
-    @classmethod
-    def _labelled(cls, v: DataRef) -> DataRef:
-        if v.annotations is None:
-            raise ValueError("mAP needs labels: give data.eval its annotations")
-        return v
 
 
 class Source(Strict):
@@ -280,7 +329,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
             problems.add(("model", field), f"no module '{module}' can be imported here or from the project "
                                            f"folder {root}. Check the spelling ('package.module:name') and "
                                            f"that the package is installed.")
-    manifest = _absolute(manifest, root)
+    manifest = _resolve_data(_absolute(manifest, root), problems)
     manifest._path = path
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)

@@ -63,13 +63,14 @@ def _get(raw: Any, *keys: str) -> Any:
 def _check_kind(problems: _Problems, loc: tuple, value: Any, root: Path, want: str, required: bool,
                 images: bool = False) -> None:
     """A path the build reads: when it exists (or always, when `required`), it must be a regular
-    file / a folder / either (`want`: "file", "folder", "any"; not a FIFO, socket, device or kernel
+    file / a folder / either (`want`: "file", "folder", "any", or "labels": either, said as a split's
+    annotations; not a FIFO, socket, device or kernel
     pseudo-file, which would hang or fail the hashing), and an images folder must hold images."""
     if not isinstance(value, str):
         return  # a wrong type is reported by validation
     path = root / value
     shown = _short(value)
-    noun = {"file": "file", "folder": "folder"}.get(want, "file or folder")
+    noun = {"file": "file", "folder": "folder", "labels": "file"}.get(want, "file or folder")
     try:
         resolved = path.resolve()
         pseudo = _pseudo(resolved)
@@ -92,6 +93,9 @@ def _check_kind(problems: _Problems, loc: tuple, value: Any, root: Path, want: s
         problems.add(loc, f"{shown} is not a folder ({_kind_name(st.st_mode)}): point it at a folder.")
     elif want == "any" and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         problems.add(loc, f"{shown} is neither a regular file nor a folder ({_kind_name(st.st_mode)}).")
+    elif want == "labels" and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        problems.add(loc, f"{shown} is not a regular file ({_kind_name(st.st_mode)}) nor a folder: point it at the "
+                          f"annotations file, or the folder of label files.")
     elif images and not _holds_images(path):
         problems.add(loc, f"{shown} holds no image files ({', '.join(IMAGE_SUFFIXES)}) among its first "
                           f"{IMAGE_SCAN} entries: point it at the folder of the split's images.")
@@ -197,7 +201,75 @@ def _check_paths(raw: dict, root: Path, problems: _Problems) -> None:
                                           f"both into what generate.{owners[made[0]]} makes, or both at your own "
                                           f"data.")
             continue
-        _check_kind(problems, ("data", split, "annotations"), ref.get("annotations"), root, "file",
+        # auto: a COCO json or a folder of VOC / YOLO labels (which one is told once the format is detected)
+        want = {"coco": "file", "yolo": "folder", "voc": "folder"}.get(ref.get("format"), "labels")
+        _check_kind(problems, ("data", split, "annotations"), ref.get("annotations"), root, want,
                     required=not made)
         _check_kind(problems, ("data", split, "images"), ref.get("images"), root, "folder", required=not made,
                     images=not made)
+        if made_by(ref.get("names")) is None:
+            _check_kind(problems, ("data", split, "names"), ref.get("names"), root, "file", required=True)
+
+
+def _resolve_data(manifest, problems: _Problems):
+    """The manifest with each split's format detected (release/data_formats.py) and, for YOLO, its
+    labels folder written into `annotations`; its names file read. Problems are located at the field
+    to fix. A split a generator makes is not looked at (its files do not exist yet)."""
+    from release import fingerprint
+    from release.data_formats import LayoutError, check_labels, locate, read_names
+    from release.errors import DataError
+    from release.generate import owner
+
+    outs = {name: g.out for name, g in manifest.generate.items()}
+    updates = {}
+    for split in ("train", "calibration", "tuning", "eval"):
+        ref = getattr(manifest.data, split)
+        if ref is None:
+            continue
+        paths = [p for p in (ref.annotations, ref.images) if p is not None]
+        made = any(owner(p, outs) for p in paths)
+        if not made and not (_there(ref.images, folder=True) and (ref.annotations is None or _there(ref.annotations))):
+            continue  # reported by _check_paths
+        try:
+            layout = locate(ref, split, on_disk=not made)
+            if not made:
+                check_labels(layout, split)
+        except LayoutError as exc:
+            problems.add(("data", split, exc.field), exc.reason)
+            continue
+        fingerprint.READ.update(layout.probed)
+        if isinstance(ref.names, Path) and owner(ref.names, outs) is None and ref.names.is_file():
+            try:
+                read_names(ref.names, split)
+            except DataError as exc:
+                problems.add(("data", split, "names"), str(exc).replace(":\n- ", ": ").replace("\n- ", "; "))
+        if split == "eval" and layout.format == "images":
+            if layout.unnamed is not None:
+                problems.add(("data", "eval"), f"mAP needs labels, and the YOLO labels in {layout.unnamed} cannot be "
+                                               f"read without the class names: give data.eval.names (a list, a "
+                                               f"data.yaml or a classes.txt).")
+            else:
+                problems.add(("data", "eval"), _unlabelled(layout, made))
+            continue
+        if layout.format != "images":
+            updates[split] = ref.model_copy(update={"format": layout.format, "annotations": layout.annotations})
+    return manifest.model_copy(update={"data": manifest.data.model_copy(update=updates)}) if updates else manifest
+
+
+def _there(path: Path, folder: bool = False) -> bool:
+    try:
+        return path.is_dir() if folder else (path.is_file() or path.is_dir())
+    except (OSError, ValueError):
+        return False
+
+
+def _unlabelled(layout, made: bool) -> str:
+    from release.data_formats import sibling_labels
+
+    if made:
+        return ("mAP needs labels: give data.eval its annotations, or format: yolo with names when the "
+                "generator writes YOLO labels")
+    sibling = sibling_labels(layout.images)
+    return ("mAP needs labels: give data.eval its annotations (a COCO json, a folder of VOC xml), or YOLO "
+            "<image stem>.txt label files beside the images" + (f" or in {sibling}" if sibling else "")
+            + ", with names")

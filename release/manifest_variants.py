@@ -80,7 +80,8 @@ def _check_data_needs(manifest: Manifest, problems: _Problems) -> None:
                 if ref is None:
                     problems.add(("variants", variant, i), f"stage '{name}' reads data.{split}, "
                                                            f"which the manifest does not define. Add data.{split}.")
-                elif ref.annotations is None and module.needs_labels(params, split):
+                elif not ref.labelled and module.needs_labels(params, split):
                     problems.add(("variants", variant, i), f"stage '{name}' needs the labels of data.{split}, "
                                                            f"which has no annotations. Add data.{split}.annotations"
+                                                           f", or data.{split}.names to read its YOLO labels"
                                                            f"{module.SPEC.no_labels_hint}.")

@@ -127,8 +127,11 @@ class Plan:
 
     @property
     def eval_annotations(self) -> Path | None:
-        ann = self.inputs["data"]["eval"]["annotations"]
-        return Path(ann) if ann else None
+        """data.eval's annotations when they are one file (COCO json), for file_dep; YOLO and VOC
+        label folders are covered file by file by the data fingerprint."""
+        ref = self.inputs["data"]["eval"]
+        ann, fmt = ref["annotations"], ref.get("format", "coco")
+        return Path(ann) if ann and (fmt == "coco" or (fmt == "auto" and ann.endswith(".json"))) else None
 
     def final_node(self, variant: str) -> StageNode:
         return self.nodes[self.final[variant]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from release import fingerprint, stages
+from release.data_formats import label_files
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.generate import owner
 from release.manifest import Inputs, Manifest
@@ -91,11 +92,24 @@ def _what_the_manifest_reads(manifest: Manifest, generated: _Generated) -> None:
         node = generated.generators[name]
         if node.writes == "folder":
             node.expects[field] = generated.relative(path)
-        if not field.endswith(".images") and path not in node.targets:  # doit targets are files
+        # doit targets are files: not an images folder, nor a YOLO / VOC labels folder
+        folder = field.endswith(".images") or (field.endswith(".annotations") and _labels_folder(manifest, field))
+        if not folder and path not in node.targets:
             node.targets.append(path)
     for node in generated.generators.values():
         if node.writes == "file" and node.out not in node.targets:
             node.targets.append(node.out)
+
+
+def _labels_folder(manifest: Manifest, field: str) -> bool:
+    """Whether data.<split>.annotations is a folder of YOLO or VOC labels, not one file."""
+    ref = getattr(manifest.data, field.split(".")[1])
+    return ref.format in ("yolo", "voc") or (ref.format == "auto" and ref.annotations.suffix != ".json")
+
+
+def _read_paths(ref) -> list[Path]:
+    """The paths a split is read from: annotations, images, and a names file."""
+    return [p for p in (ref.annotations, ref.images, ref.names) if isinstance(p, Path)]
 
 
 def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Generated) -> dict[str, str]:
@@ -106,12 +120,13 @@ def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Genera
     data_fp = {}
     for split in sorted(used):
         ref = getattr(manifest.data, split)
-        paths = [p for p in (ref.annotations, ref.images) if p is not None]
+        paths = _read_paths(ref)
         fingerprint.READ.update(str(p) for p in paths)
         if generated.after(paths):  # a split partly generated is refused when the manifest loads
-            data_fp[split] = digest([generated.fingerprint(p) for p in paths if generated.by(p)], ref.limit)
-        elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.is_file()):
-            data_fp[split] = digest(hashes.split(ref.annotations, ref.images), ref.limit)
+            data_fp[split] = digest([generated.fingerprint(p) for p in paths if generated.by(p)], ref.limit,
+                                    *([ref.format, ref.names] if ref.format in ("yolo", "voc") or ref.names else []))
+        elif ref.images.is_dir() and (ref.annotations is None or ref.annotations.exists()):
+            data_fp[split] = digest(hashes.split(ref.annotations, ref.images, ref.format, ref.names), ref.limit)
         else:
             data_fp[split] = "missing"  # the stage reading it reports the missing file, with the fix
     return data_fp
@@ -119,7 +134,7 @@ def _data_fingerprints(manifest: Manifest, hashes: HashCache, generated: _Genera
 
 def _data_after(manifest: Manifest, generated: _Generated) -> dict[str, list[str]]:
     """split -> the generators its files come from (the tasks that read it wait for them)."""
-    return {split: generated.after([ref.annotations, ref.images])
+    return {split: generated.after(_read_paths(ref))
             for split in ("train", "calibration", "tuning", "eval") if (ref := getattr(manifest.data, split))}
 
 
@@ -154,7 +169,7 @@ def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: d
                 # Data a stage only verifies against stays out of file_dep (editing it must not re-run
                 # the stage, whose output it cannot change); when a generator makes it, the stage
                 # waits for that generator's task, as for the data it reads.
-                deps = sorted({getattr(manifest.data, s).annotations for s in reads} - {None})
+                deps = sorted({f for s in reads for f in label_files(getattr(manifest.data, s))})
                 after = sorted({g for s in reads + sspec.verifies for g in data_after.get(s, [])} |
                                set(source_after if current == manifest.source.checkpoint else []))
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp,

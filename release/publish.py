@@ -34,9 +34,11 @@ def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: P
         if ref is not None:
             labelled = ref.annotations is not None
             data[split] = {"annotations": relative(ref.annotations, Path(job["root"])) if labelled else None,
-                           "annotations_sha256": hashes.file(ref.annotations) if labelled else None,
+                           "annotations_sha256": hashes.labels(ref.annotations, ref.images, ref.format, ref.names)
+                           if labelled else None,
                            "images": relative(ref.images, Path(job["root"])),
-                           "images_sha256": hashes.split(ref.annotations, ref.images), "limit": ref.limit}
+                           "images_sha256": hashes.split(ref.annotations, ref.images, ref.format, ref.names),
+                           "limit": ref.limit}
     source = inputs.source
     row = report.release
     return {

@@ -91,7 +91,15 @@ def _notes(report: Report) -> list[str]:
 
 def markdown(report: Report) -> str:
     """The build report as markdown (report.md, and the parent run's artifact)."""
-    return f"# Build report: {report.name} {report.version}\n\n```\n{table(report)}\n```\n"
+    return f"# Build report: {report.name} {report.version}\n\n```\n{table(report)}\n```\n{_classes(report)}"
+
+
+def _classes(report: Report) -> str:
+    """The class names in the model's output order (index: name), as data.eval defines them."""
+    if not report.classes:
+        return ""
+    listed = ", ".join(f"{i} `{name}`" for i, name in enumerate(report.classes))
+    return f"\nClasses, in the model's output order (class index: name): {listed}.\n"
 
 
 def missed(report: Report) -> str:
@@ -120,7 +128,7 @@ def card(report: Report, lock: dict) -> str:
 Variant **{name}**, selected by `{report.select}` among {len(report.variants)} variants.
 Pipeline: `{pipeline}`. Fingerprint `{row.fingerprint[:16]}`.
 
-{_figures(report, row)}
+{_figures(report, row)}{_classes(report)}
 {stage_sections(row)}{_budgets(report, row)}
 {_provenance(row, lock)}"""
 

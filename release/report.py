@@ -165,6 +165,16 @@ class Report(_Model):
     variants: dict[str, VariantRow]
     selected: str | None = None
     passed: bool = False
+    # data.eval's class names in the model's output order (class index i = category i's name), as
+    # the mAP measurement read them; absent from reports made before it was recorded
+    classes: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _optional_classes(self, handler):
+        data = handler(self)
+        if data.get("classes") is None:
+            data.pop("classes", None)
+        return data
 
     @property
     def release(self) -> VariantRow | None:

@@ -156,7 +156,7 @@ def _tuning_split(ctx):
 
     p = ctx.params
     ref = getattr(ctx.manifest.data, p.tuning_split, None) if ctx.manifest is not None else None
-    if ref is None or ref.annotations is None:
+    if ref is None or not ref.labelled:
         raise ReleaseError(f"quantize.max_map_drop measures mAP on data.{p.tuning_split}, which "
                            f"{'is not defined' if ref is None else 'has no annotations'}: add "
                            f"data.{p.tuning_split}{'' if ref is None else '.annotations'} or set tuning_split.")
