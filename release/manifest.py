@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from release.errors import ManifestError
 from release.manifest_generators import _check_generators
@@ -28,6 +29,10 @@ SCHEMA_VERSION = 1
 FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one safe path component: no '/', no leading '.'
 FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', starting with a letter or digit "
                     "(no '/', no '..', not an absolute path)")
+
+
+def _is_folder_name(v: str) -> bool:
+    return len(v) <= 128 and bool(re.match(FOLDER_NAME, v)) and ".." not in v
 
 
 class Strict(BaseModel):
@@ -111,6 +116,19 @@ class Budget(Strict):
     latency_from: Literal["any", "device"] = Field(
         "any", description="device: the latency budget passes only on a figure measured on the target "
                            "(ssh runner); a host figure or an estimate fails it")
+    # Relative to the previously published release of this manifest (release/released.py): the
+    # latest folder under artifacts/<name>/release/ by its recorded publish time, or latest.json.
+    max_map_drop_vs_release: float | None = Field(
+        None, ge=0, le=1, description="most mAP@[.5:.95] a variant may lose against the previously published "
+                                      "release's (absolute, e.g. 0.005); passes with a note when nothing is "
+                                      "published yet; not compared (noted) when data.eval differs from the "
+                                      "release's")
+    max_latency_increase_vs_release: float | None = Field(
+        None, ge=0, description="most a variant's median latency may grow against the previously published "
+                                "release's, as a fraction (0.10 = 10% slower)")
+    max_size_increase_vs_release: float | None = Field(
+        None, ge=0, description="most a variant's deployable size may grow against the previously published "
+                                "release's, as a fraction (0.05 = 5% larger)")
 
     @model_validator(mode="after")
     def _latency_from_needs_a_budget(self):
@@ -179,7 +197,9 @@ class Inputs(Strict):
 class Manifest(Strict):
     schema_version: int = Field(description=f"manifest schema version; this release reads {SCHEMA_VERSION}")
     name: str = Field(description="release name (a folder name)")
-    version: str = Field(description="release version: the folder artifacts/<name>/release/<version>/")
+    version: str = Field(description="release version: the folder artifacts/<name>/release/<version>/; may be "
+                                     "a template resolved when the plan is made: {date} (UTC YYYYMMDD), "
+                                     "{datetime}, {env:NAME}, {git_describe} (release/versions.py)")
     source: Source
     model: ModelSpec
     data: Data
@@ -199,14 +219,31 @@ class Manifest(Strict):
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)
     _device: dict = PrivateAttr(default_factory=dict)
     _generators: dict[str, tuple[Any, dict]] = PrivateAttr(default_factory=dict)
+    _version_from: dict | None = PrivateAttr(default=None)
 
-    @field_validator("name", "version")
+    @field_validator("name")
     @classmethod
     def _folder_name(cls, v: str) -> str:
-        if len(v) > 128 or not re.match(FOLDER_NAME, v) or ".." in v:
+        if not _is_folder_name(v):
             raise ValueError(f"it is a folder the build writes, so it must be {FOLDER_NAME_RULE}, "
                              f"at most 128 characters")
         return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str, info: ValidationInfo) -> str:
+        """A version, or a template resolved here, once (load() passes the project root and keeps
+        what it resolved to: the plan, lock and model card record both)."""
+        from release import versions
+
+        context = info.context if isinstance(info.context, dict) else {}
+        resolved = versions.resolve(v, context.get("root"))
+        if not _is_folder_name(resolved.version) or resolved.version == "latest.json":
+            what = f"the template {v!r} resolved to {resolved.version!r}, but" if resolved.template else "it is"
+            raise ValueError(f"{what} a folder the build writes (not latest.json), so it must be "
+                             f"{FOLDER_NAME_RULE}, at most 128 characters")
+        context["version"] = resolved
+        return resolved.version
 
     @field_validator("generate")
     @classmethod
@@ -227,6 +264,12 @@ class Manifest(Strict):
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def version_from(self) -> dict | None:
+        """The version template and what it resolved to ({template, version, values}), or None
+        when `version` is a plain version (release/versions.py)."""
+        return self._version_from
 
     @property
     def device(self) -> dict:
@@ -263,8 +306,9 @@ def load(path: Path, root: Path | None = None) -> Manifest:
                                                       f"remove one.", line=line)
     _check_paths(raw, root, problems)
 
+    context = {"root": root}  # the version template's git describe runs in the project root
     try:
-        manifest = Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw, context=context)
     except ValidationError as exc:
         for err in exc.errors():
             problems.add(*_describe(err, Manifest))
@@ -282,6 +326,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
                                            f"that the package is installed.")
     manifest = _absolute(manifest, root)
     manifest._path = path
+    manifest._version_from = context["version"].record() if "version" in context else None
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)
     manifest._generators = _check_generators(manifest, root, problems)
