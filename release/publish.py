@@ -156,7 +156,6 @@ def publish(report: Report, job: dict, log=print) -> dict:
             log(f"publish: {relative(dest, root)} already holds exactly this release; left as it is")
             return {**result, "published_at": lock.get("published_at")}
         raise ReleaseError(_immutable(dest, report, lock, model_sha, metrics))
-    before = {}
     if dest.exists():
         try:
             before = read_json(Path(job["out"]))
@@ -171,8 +170,7 @@ def publish(report: Report, job: dict, log=print) -> dict:
         log(f"publish: {problem}; re-published {version_name(report)} from verified artifacts (same content)")
     inputs = Inputs.from_job(job)  # the plan's slice: model, data, source, manifest path
     hashes = HashCache(Path(job["hash_cache"]))
-    # A repair keeps the time it was first published (the release it is stays where it was in line).
-    result["published_at"] = (lock or {}).get("published_at") or before.get("published_at") or released.now()
+    result["published_at"] = _first_published(lock, job, result)
     with atomic_dir(dest) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
         lock = _lock(report, job, inputs, hashes, tmp / "model.onnx", result["published_at"])
@@ -187,6 +185,18 @@ def publish(report: Report, job: dict, log=print) -> dict:
     released.write_latest(dest.parent, report.name, released.entry(lock, metrics, result["published_at"]),
                           report.previous)
     return result
+
+
+def _first_published(lock: dict | None, job: dict, result: dict) -> str:
+    """When this version was first published: a repair keeps that time (from the damaged lock, or
+    the build's record of publishing this very content), so the release stays where it was in line."""
+    if lock and lock.get("published_at"):
+        return lock["published_at"]
+    before = _read_or_none(Path(job["out"])) or {}
+    if all(before.get(k) == result[k] for k in ("published", "model_sha256", "metrics_sha256")) and \
+            before.get("published_at"):
+        return before["published_at"]
+    return released.now()
 
 
 def version_name(report: Report) -> str:
