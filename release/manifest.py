@@ -31,8 +31,12 @@ FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', start
                     "(no '/', no '..', not an absolute path)")
 
 
-def _is_folder_name(v: str) -> bool:
-    return len(v) <= 128 and bool(re.match(FOLDER_NAME, v)) and ".." not in v
+VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # a folder name, and '+' (SemVer build metadata: 1.0.0+20261202.7)
+VERSION_RULE = FOLDER_NAME_RULE.replace("'.' and '-'", "'.', '+' and '-'")
+
+
+def _is_folder_name(v: str, pattern: str = FOLDER_NAME) -> bool:
+    return len(v) <= 128 and bool(re.match(pattern, v)) and ".." not in v
 
 
 class Strict(BaseModel):
@@ -238,10 +242,10 @@ class Manifest(Strict):
 
         context = info.context if isinstance(info.context, dict) else {}
         resolved = versions.resolve(v, context.get("root"))
-        if not _is_folder_name(resolved.version) or resolved.version == "latest.json":
+        if not _is_folder_name(resolved.version, VERSION_NAME) or resolved.version == "latest.json":
             what = f"the template {v!r} resolved to {resolved.version!r}, but" if resolved.template else "it is"
             raise ValueError(f"{what} a folder the build writes (not latest.json), so it must be "
-                             f"{FOLDER_NAME_RULE}, at most 128 characters")
+                             f"{VERSION_RULE}, at most 128 characters")
         context["version"] = resolved
         return resolved.version
 

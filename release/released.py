@@ -81,36 +81,38 @@ def _mtime(path: Path) -> str:
     return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def entries(releases: Path) -> dict[str, dict]:
-    """version -> entry of every release found: the folders, then latest.json for versions whose
-    folder is not here (a CI job restored only it)."""
+def _published(releases: Path) -> dict[str, tuple[str, Path | dict]]:
+    """version -> (publish time, its folder or its latest.json entry): every folder's lock (only the
+    locks are read here: the figures of the one chosen are read after), then latest.json for
+    versions whose folder is not here (a CI job restored only it)."""
     releases = Path(releases)
-    found: dict[str, dict] = {}
+    found: dict[str, tuple[str, Path | dict]] = {}
     try:
         folders = sorted(p for p in releases.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError:
         folders = []
     for folder in folders:
-        one = from_folder(folder)
-        if one is not None:
-            found[one["version"]] = one
+        lock = _read(folder / "release.lock")
+        if isinstance(lock, dict) and isinstance(lock.get("version"), str):
+            found[lock["version"]] = (lock.get("published_at") or _mtime(folder / "release.lock"), folder)
     latest = _read(releases / LATEST)
     if isinstance(latest, dict) and latest.get("schema_version") == LATEST_SCHEMA:
         for key in ("latest", "previous"):
             one = latest.get(key)
-            if isinstance(one, dict) and isinstance(one.get("version"), str) and one.get("published_at"):
-                found.setdefault(one["version"], one)
+            if isinstance(one, dict) and isinstance(one.get("version"), str) and isinstance(one.get("published_at"), str):
+                found.setdefault(one["version"], (one["published_at"], one))
     return found
 
 
 def previous(releases: Path, version: str) -> dict | None:
-    """The release version `version` is compared against (see the module docstring), or None."""
-    found = entries(releases)
+    """The entry of the release version `version` is compared against (see the module docstring), or None."""
+    found = _published(releases)
     own = found.pop(version, None)
-    candidates = list(found.values())
-    if own is not None:
-        candidates = [e for e in candidates if e["published_at"] < own["published_at"]]
-    return max(candidates, key=lambda e: (e["published_at"], e["version"]), default=None)
+    candidates = [(at, v, where) for v, (at, where) in found.items() if own is None or at < own[0]]
+    if not candidates:
+        return None
+    _, _, where = max(candidates, key=lambda c: (c[0], c[1]))
+    return from_folder(where) if isinstance(where, Path) else where
 
 
 def gate_is_current(report: str, releases: str, version: str) -> bool:

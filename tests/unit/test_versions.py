@@ -24,7 +24,7 @@ def test_placeholders_resolve(monkeypatch, tmp_path):
     assert versions.resolve("1.0.{date}", tmp_path, NOW).version == "1.0.20261202"
     assert versions.resolve("{date}.{env:GITHUB_RUN_NUMBER}", tmp_path, NOW).version == "20261202.7"
     made = versions.resolve("1.0.0+{date}.{env:BUILD_NUMBER}", tmp_path, NOW)
-    assert made.version == "1.0.0+20261202.42"  # '+' is refused later, as a folder name
+    assert made.version == "1.0.0+20261202.42"
     assert made.record() == {"template": "1.0.0+{date}.{env:BUILD_NUMBER}", "version": "1.0.0+20261202.42",
                              "values": {"date": "20261202", "env:BUILD_NUMBER": "42"}}
     assert versions.resolve("nightly-{datetime}", tmp_path, NOW).version == "nightly-20261202T183005Z"
@@ -83,6 +83,21 @@ def test_the_resolved_version_must_be_a_folder_name(tmp_path, monkeypatch):
     with pytest.raises(ManifestError) as err:
         load(write_manifest(tmp_path, doc), tmp_path)
     assert "the template '1.0.{env:BUILD_NUMBER}' resolved to '1.0.../../x'" in str(err.value)
+
+
+def test_a_semver_build_metadata_template_loads_and_keeps_its_template(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUILD_NUMBER", "7")
+    placeholder_data(tmp_path)
+    doc = tiny_manifest_dict(version="1.0.0+{date}.{env:BUILD_NUMBER}")
+    del doc["generate"]
+    manifest = load(write_manifest(tmp_path, doc), tmp_path)
+    today = datetime.now(timezone.utc).strftime("%Y%m%d")
+    assert manifest.version == f"1.0.0+{today}.7"
+    assert manifest.version_from == {"template": "1.0.0+{date}.{env:BUILD_NUMBER}", "version": manifest.version,
+                                     "values": {"date": today, "env:BUILD_NUMBER": "7"}}
+    plain = tiny_manifest_dict()
+    del plain["generate"]
+    assert load(write_manifest(tmp_path, plain), tmp_path).version_from is None
 
 
 @pytest.fixture
