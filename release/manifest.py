@@ -32,7 +32,7 @@ FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', start
 
 
 VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # a folder name, and '+' (SemVer build metadata: 1.0.0+20261202.7)
-VERSION_RULE = FOLDER_NAME_RULE.replace("'.' and '-'", "'.', '+' and '-'")
+VERSION_RULE = FOLDER_NAME_RULE.replace("'.' and '-'", "'.' and '-' (and '+')")
 
 
 def _is_folder_name(v: str, pattern: str = FOLDER_NAME) -> bool:
