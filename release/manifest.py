@@ -31,14 +31,6 @@ FOLDER_NAME_RULE = ("one folder name of letters, digits, '_', '.' and '-', start
                     "(no '/', no '..', not an absolute path)")
 
 
-VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"  # a folder name, and '+' (SemVer build metadata: 1.0.0+20261202.7)
-VERSION_RULE = FOLDER_NAME_RULE.replace("'.' and '-'", "'.' and '-' (and '+')")
-
-
-def _is_folder_name(v: str, pattern: str = FOLDER_NAME) -> bool:
-    return len(v) <= 128 and bool(re.match(pattern, v)) and ".." not in v
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,8 +112,6 @@ class Budget(Strict):
     latency_from: Literal["any", "device"] = Field(
         "any", description="device: the latency budget passes only on a figure measured on the target "
                            "(ssh runner); a host figure or an estimate fails it")
-    # Relative to the previously published release of this manifest (release/released.py): the
-    # latest folder under artifacts/<name>/release/ by its recorded publish time, or latest.json.
     max_map_drop_vs_release: float | None = Field(
         None, ge=0, le=1, description="most mAP@[.5:.95] a variant may lose against the previously published "
                                       "release's (absolute, e.g. 0.005); passes with a note when nothing is "
@@ -228,7 +218,7 @@ class Manifest(Strict):
     @field_validator("name")
     @classmethod
     def _folder_name(cls, v: str) -> str:
-        if not _is_folder_name(v):
+        if len(v) > 128 or not re.match(FOLDER_NAME, v) or ".." in v:
             raise ValueError(f"it is a folder the build writes, so it must be {FOLDER_NAME_RULE}, "
                              f"at most 128 characters")
         return v
@@ -236,18 +226,9 @@ class Manifest(Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str, info: ValidationInfo) -> str:
-        """A version, or a template resolved here, once (load() passes the project root and keeps
-        what it resolved to: the plan, lock and model card record both)."""
-        from release import versions
+        from release import versions  # a template is resolved here, once: load() keeps what it resolved to
 
-        context = info.context if isinstance(info.context, dict) else {}
-        resolved = versions.resolve(v, context.get("root"))
-        if not _is_folder_name(resolved.version, VERSION_NAME) or resolved.version == "latest.json":
-            what = f"the template {v!r} resolved to {resolved.version!r}, but" if resolved.template else "it is"
-            raise ValueError(f"{what} a folder the build writes (not latest.json), so it must be "
-                             f"{VERSION_RULE}, at most 128 characters")
-        context["version"] = resolved
-        return resolved.version
+        return versions.validated(v, info.context)
 
     @field_validator("generate")
     @classmethod

@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+# One folder name (as a release name is: release/manifest.py), and '+' for SemVer build metadata.
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+VERSION_RULE = ("one folder name of letters, digits, '_', '.' and '-' (and '+'), starting with a letter or digit "
+                "(no '/', no '..', not an absolute path), at most 128 characters")
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KNOWN = ("date", "datetime", "env:NAME", "git_describe")
@@ -43,6 +47,19 @@ class Resolved:
         if self.template is None:
             return None
         return {"template": self.template, "version": self.version, "values": dict(self.values)}
+
+
+def validated(text: str, context: dict | None) -> str:
+    """The manifest's `version` checked (a template resolved, in context["root"]): the folder name
+    the build writes. The resolution is left in context["version"] for release.manifest.load."""
+    context = context if isinstance(context, dict) else {}
+    resolved = resolve(text, context.get("root"))
+    version = resolved.version
+    if len(version) > 128 or not VERSION_NAME.match(version) or ".." in version or version == "latest.json":
+        what = f"the template {text!r} resolved to {version!r}, but" if resolved.template else "it is"
+        raise ValueError(f"{what} a folder the build writes (not latest.json), so it must be {VERSION_RULE}")
+    context["version"] = resolved
+    return version
 
 
 def is_template(text: str) -> bool:
