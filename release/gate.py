@@ -5,6 +5,12 @@ of each variant; `judge`, `select` and `baseline` are the decisions. Turning the
 is release/render.py's. A missed budget is a failure (an expected "no"), not an error: the report
 says what each variant missed and by how much. Gate decisions read only the measurement files,
 never a tracking server.
+
+Budgets relative to the previously published release (budget.*_vs_release) compare each variant
+with that release's measured figures (release/released.py finds it; its metrics.json has them):
+each check carries both figures, the limit derived from the released one, and the margin. With no
+previous release they pass with a note; on other eval data than the release's, mAP is not compared
+(passes, noted); an edited release fails them (docs/ci-regression.md).
 """
 
 from __future__ import annotations

@@ -106,3 +106,10 @@ def test_nightly_versions_from_a_build_number(shipped, tmp_path):
     assert "released fp32 -> artifacts/tiny/release/0.1.2" in second.stdout
     assert _snapshot(_release(root) / "0.1.1") == night1  # the first night's release, byte for byte
     assert sorted(p.name for p in _release(root).iterdir()) == ["0.0.1", "0.1.1", "0.1.2", "latest.json"]
+
+    # The first night's version built again with other content is refused, and stays as it was.
+    write_manifest(root, _doc(template, {"fp32": FP32}, {"size_mb": 99.0}))
+    again = run_doit(root, "release", "manifest=tiny.yaml", env={"BUILD_NUMBER": "1"})
+    assert again.returncode != 0 and "0.1.1 is already published and a published version never changes" in \
+        again.stdout + again.stderr, again.stdout + again.stderr
+    assert _snapshot(_release(root) / "0.1.1") == night1
