@@ -64,10 +64,12 @@ def from_folder(folder: Path) -> dict | None:
     lock = _read(folder / "release.lock")
     if not isinstance(lock, dict) or "version" not in lock:
         return None
-    published_at = lock.get("published_at") or _mtime(folder / "release.lock")  # a release made before times were recorded
+    # A release made before publish times were recorded: its lock's modification time.
+    published_at = lock.get("published_at") or _mtime(folder / "release.lock")
     metrics = _read(folder / "metrics.json")
     try:
-        intact = metrics is not None and file_sha256(folder / "metrics.json") == (lock.get("files") or {}).get("metrics.json")
+        recorded = (lock.get("files") or {}).get("metrics.json")
+        intact = metrics is not None and file_sha256(folder / "metrics.json") == recorded
     except OSError:
         intact = False
     found = entry(lock, metrics if isinstance(metrics, dict) else {}, published_at)
@@ -99,7 +101,7 @@ def _published(releases: Path) -> dict[str, tuple[str, Path | dict]]:
     if isinstance(latest, dict) and latest.get("schema_version") == LATEST_SCHEMA:
         for key in ("latest", "previous"):
             one = latest.get(key)
-            if isinstance(one, dict) and isinstance(one.get("version"), str) and isinstance(one.get("published_at"), str):
+            if isinstance(one, dict) and all(isinstance(one.get(k), str) for k in ("version", "published_at")):
                 found.setdefault(one["version"], (one["published_at"], one))
     return found
 

@@ -112,7 +112,8 @@ def _release_notes(report: Report) -> list[str]:
     if prev is None:
         return [f"vs release: no previous release of {report.name} is published: the budgets relative to it pass"]
     fig = prev["figures"]
-    lines = [f"vs release: {report.name} {prev['version']} (variant {prev['variant']}, published {prev['published_at']}): "
+    lines = [f"vs release: {report.name} {prev['version']} (variant {prev['variant']}, "
+             f"published {prev['published_at']}): "
              f"mAP {_num(fig.get('map'), '')}, latency {_num(fig.get('latency_ms'), 'ms')} ms, "
              f"size {_num(fig.get('size_mb'), 'MB')} MB"]
     seen = set()
