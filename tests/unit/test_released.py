@@ -140,3 +140,18 @@ def test_plain_reports_keep_their_keys():
     assert "previous" not in dumped and "version_from" not in dumped
     assert set(dumped["variants"]["fp32"]["checks"][0]) == {"budget", "label", "unit", "value", "limit", "direction",
                                                              "margin", "pass"}
+
+
+def test_the_gate_runs_again_when_the_previous_release_is_another(project, tmp_path):
+    root, job = project
+    releases = Path(job["release_dir"]).parent
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"key": "k"}))  # gated when nothing was published
+    assert released.gate_is_current(str(report), str(releases), "0.1.0")
+    nine = _publish(root, job, "0.0.9", 0.40, 2.0)
+    assert not released.gate_is_current(str(report), str(releases), "0.1.0")  # now there is one
+    report.write_text(json.dumps({"key": "k", "previous": nine}))
+    assert released.gate_is_current(str(report), str(releases), "0.1.0")
+    _publish(root, job, "0.0.10", 0.50, 3.0)
+    assert not released.gate_is_current(str(report), str(releases), "0.1.0")
+    assert released.gate_is_current(str(report), str(releases), "0.0.10")  # 0.0.10 itself compares with 0.0.9
