@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from release.errors import ManifestError
 from release.manifest_generators import _check_generators
@@ -160,6 +161,17 @@ class Budget(Strict):
     latency_from: Literal["any", "device"] = Field(
         "any", description="device: the latency budget passes only on a figure measured on the target "
                            "(ssh runner); a host figure or an estimate fails it")
+    max_map_drop_vs_release: float | None = Field(
+        None, ge=0, le=1, description="most mAP@[.5:.95] a variant may lose against the previously published "
+                                      "release's (absolute, e.g. 0.005); passes with a note when nothing is "
+                                      "published yet; not compared (noted) when data.eval differs from the "
+                                      "release's")
+    max_latency_increase_vs_release: float | None = Field(
+        None, ge=0, description="most a variant's median latency may grow against the previously published "
+                                "release's, as a fraction (0.10 = 10% slower)")
+    max_size_increase_vs_release: float | None = Field(
+        None, ge=0, description="most a variant's deployable size may grow against the previously published "
+                                "release's, as a fraction (0.05 = 5% larger)")
 
     @model_validator(mode="after")
     def _latency_from_needs_a_budget(self):
@@ -228,7 +240,9 @@ class Inputs(Strict):
 class Manifest(Strict):
     schema_version: int = Field(description=f"manifest schema version; this release reads {SCHEMA_VERSION}")
     name: str = Field(description="release name (a folder name)")
-    version: str = Field(description="release version: the folder artifacts/<name>/release/<version>/")
+    version: str = Field(description="release version: the folder artifacts/<name>/release/<version>/; may be "
+                                     "a template resolved when the plan is made: {date} (UTC YYYYMMDD), "
+                                     "{datetime}, {env:NAME}, {git_describe} (release/versions.py)")
     source: Source
     model: ModelSpec
     data: Data
@@ -248,14 +262,22 @@ class Manifest(Strict):
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)
     _device: dict = PrivateAttr(default_factory=dict)
     _generators: dict[str, tuple[Any, dict]] = PrivateAttr(default_factory=dict)
+    _version_from: dict | None = PrivateAttr(default=None)
 
-    @field_validator("name", "version")
+    @field_validator("name")
     @classmethod
     def _folder_name(cls, v: str) -> str:
         if len(v) > 128 or not re.match(FOLDER_NAME, v) or ".." in v:
             raise ValueError(f"it is a folder the build writes, so it must be {FOLDER_NAME_RULE}, "
                              f"at most 128 characters")
         return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str, info: ValidationInfo) -> str:
+        from release import versions  # a template is resolved here, once: load() keeps what it resolved to
+
+        return versions.validated(v, info.context)
 
     @field_validator("generate")
     @classmethod
@@ -276,6 +298,12 @@ class Manifest(Strict):
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def version_from(self) -> dict | None:
+        """The version template and what it resolved to ({template, version, values}), or None
+        when `version` is a plain version (release/versions.py)."""
+        return self._version_from
 
     @property
     def device(self) -> dict:
@@ -312,8 +340,9 @@ def load(path: Path, root: Path | None = None) -> Manifest:
                                                       f"remove one.", line=line)
     _check_paths(raw, root, problems)
 
+    context = {"root": root}  # the version template's git describe runs in the project root
     try:
-        manifest = Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw, context=context)
     except ValidationError as exc:
         for err in exc.errors():
             problems.add(*_describe(err, Manifest))
@@ -331,6 +360,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
                                            f"that the package is installed.")
     manifest = _resolve_data(_absolute(manifest, root), problems)
     manifest._path = path
+    manifest._version_from = context["version"].record() if "version" in context else None
     manifest._pipelines = _parse_variants(raw["variants"], problems)
     _check_data_needs(manifest, problems)
     manifest._generators = _check_generators(manifest, root, problems)

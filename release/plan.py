@@ -108,6 +108,7 @@ class Plan:
     chains: dict[str, list[str]]          # variant -> fingerprints in pipeline order
     checked: list[str]                    # fingerprints of the nodes the model check covers
     keys: dict                            # measurement keys: "size", and "map" / "latency" per fingerprint
+    version_from: dict | None = None      # a version template and what it resolved to (release/versions.py)
 
     @property
     def artifacts(self) -> Path:
@@ -177,27 +178,44 @@ def _stat(path: str) -> list | None:
     return [st.st_size, st.st_mtime_ns] if not os.path.isdir(path) else [-1, st.st_mtime_ns]
 
 
-def stamps(manifest: Path, read: set[str]) -> dict:
+def stamps(manifest: Path, read: set[str], version_from: dict | None = None, root: Path | None = None) -> dict:
     """What the plan depends on, as it is now: the manifest's bytes, each path planning read (size
-    and mtime; a folder's mtime), the folders imports come from, and the environment that matters."""
+    and mtime; a folder's mtime), the folders imports come from, and the environment that matters
+    (with the variables a version template read); a version template's date or git describe too."""
+    from release import versions
+
     paths = sorted(set(read) | {p for p in sys.path if p and os.path.isdir(p)})
-    return {"manifest": str(manifest), "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
-            "python": sys.executable, "env": _env(), "paths": {p: _stat(p) for p in paths}}
+    names = versions.env_names(version_from)
+    found = {"manifest": str(manifest), "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
+             "python": sys.executable, "env": _env(names), "paths": {p: _stat(p) for p in paths}}
+    if names:
+        found["env_names"] = names
+    version = versions.stamp(version_from, root if root is not None else Path(manifest).parent)
+    if version:
+        found["version"] = version
+    return found
 
 
-def _env() -> dict:
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+def _env(names=()) -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) or k in names}
 
 
 def holds(recorded: dict, manifest: Path) -> bool:
-    """Whether every stamp recorded with a plan still holds (cheap: stats and one small read)."""
+    """Whether every stamp recorded with a plan still holds (cheap: stats and one small read; a
+    version template's git describe runs git again)."""
     try:
         if recorded["manifest"] != str(manifest) or recorded["python"] != sys.executable \
-                or recorded["env"] != _env():
+                or recorded["env"] != _env(recorded.get("env_names", ())):
             return False
         if any(_stat(p) != st for p, st in recorded["paths"].items()):
             return False
-        return recorded["manifest_sha256"] == hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+        if recorded["manifest_sha256"] != hashlib.sha256(Path(manifest).read_bytes()).hexdigest():
+            return False
+        if "version" in recorded:
+            from release import versions
+
+            return versions.holds(recorded["version"])
+        return True
     except (OSError, KeyError, TypeError):
         return False
 
@@ -225,6 +243,7 @@ def record(plan: Plan, read: set[str]) -> None:
     """Write the plan and its stamps beside the build, atomically, and remember where it is."""
     from release.atomic import write_json
 
-    write_json(plan.record_file, {"schema_version": RECORD_SCHEMA, "stamps": stamps(plan.manifest, read),
+    write_json(plan.record_file, {"schema_version": RECORD_SCHEMA,
+                                  "stamps": stamps(plan.manifest, read, plan.version_from, plan.root),
                                   "plan": plan.to_record()})
     write_json(_pointer(plan.root, plan.manifest), {"name": plan.name, "manifest": str(plan.manifest)})

@@ -224,4 +224,5 @@ def build(manifest: Manifest, root: Path) -> Plan:
                 tracking=manifest.tracking.model_dump(mode="json"), generators=generators,
                 source_fp=source_fp, data_fp=data_fp, data_after=data_after, nodes=nodes, final=final,
                 chains=chains, checked=checked,
-                keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))))
+                keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))),
+                version_from=manifest.version_from)

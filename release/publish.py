@@ -6,6 +6,11 @@ release.lock records the hash of every file in it, a build that would change it 
 one that finds it damaged or missing writes it again only when the content is exactly what was
 published (so for an instant during that repair the folder may be absent, never partial). `doit
 clean` forgets that a release was published; it never deletes a release.
+
+The lock records when the version was published (`published_at`, UTC; a repair keeps the first
+time), the version template it came from and the release it was gated against, when there are;
+after each publish, artifacts/<name>/release/latest.json names the newest release and its figures
+(release/released.py): what tomorrow's budgets relative to the previous release compare against.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from release import __version__
+from release import __version__, released
 from release.atomic import atomic_dir, write_json, write_text
 from release.fingerprint import HashCache, digest, file_sha256, tool_versions
 from release.plan import relative
@@ -27,22 +32,30 @@ LOCK_SCHEMA = 1
 MEASURE_TOOLS = ("onnxruntime", "pycocotools")  # what size, latency and mAP are measured with
 
 
-def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: Path) -> dict:
-    data = {}
-    for split in ("train", "calibration", "eval"):
-        ref = getattr(inputs.data, split)
-        if ref is not None:
-            labelled = ref.annotations is not None
-            data[split] = {"annotations": relative(ref.annotations, Path(job["root"])) if labelled else None,
-                           "annotations_sha256": hashes.labels(ref.annotations, ref.images, ref.format, ref.names)
-                           if labelled else None,
-                           "images": relative(ref.images, Path(job["root"])),
-                           "images_sha256": hashes.split(ref.annotations, ref.images, ref.format, ref.names),
-                           "limit": ref.limit}
+def data_record(ref, root: Path, hashes: HashCache) -> dict:
+    """A split as release.lock records it (its files and their content hashes); the gate compares
+    tonight's eval split with a release's in this form (release.gate.released_against)."""
+    labelled = ref.annotations is not None
+    return {"annotations": relative(ref.annotations, root) if labelled else None,
+            "annotations_sha256": hashes.labels(ref.annotations, ref.images, ref.format, ref.names)
+            if labelled else None,
+            "images": relative(ref.images, root),
+            "images_sha256": hashes.split(ref.annotations, ref.images, ref.format, ref.names), "limit": ref.limit}
+
+
+def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: Path, published_at: str) -> dict:
+    data = {split: data_record(ref, Path(job["root"]), hashes) for split in ("train", "calibration", "eval")
+            if (ref := getattr(inputs.data, split)) is not None}
     source = inputs.source
     row = report.release
+    extra = {}  # keys a lock has only when they say something: a plain build's lock is as before
+    if report.version_from:
+        extra["version_from"] = report.version_from
+    if report.previous:
+        extra["previous"] = {k: report.previous[k] for k in ("version", "published_at")}
     return {
-        "schema_version": LOCK_SCHEMA, "name": report.name, "version": report.version,
+        "schema_version": LOCK_SCHEMA, "name": report.name, "version": report.version, **extra,
+        "published_at": published_at,
         "variant": report.selected, "fingerprint": row.fingerprint,
         "model_sha256": file_sha256(model),
         "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
@@ -142,7 +155,7 @@ def publish(report: Report, job: dict, log=print) -> dict:
     if dest.exists() and problem is None:
         if lock.get("model_sha256") == model_sha and digest(_read_or_none(dest / "metrics.json")) == digest(metrics):
             log(f"publish: {relative(dest, root)} already holds exactly this release; left as it is")
-            return result
+            return {**result, "published_at": lock.get("published_at")}
         raise ReleaseError(_immutable(dest, report, lock, model_sha, metrics))
     if dest.exists():
         try:
@@ -158,9 +171,10 @@ def publish(report: Report, job: dict, log=print) -> dict:
         log(f"publish: {problem}; re-published {version_name(report)} from verified artifacts (same content)")
     inputs = Inputs.from_job(job)  # the plan's slice: model, data, source, manifest path
     hashes = HashCache(Path(job["hash_cache"]))
+    result["published_at"] = _first_published(lock, job, result)
     with atomic_dir(dest) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
-        lock = _lock(report, job, inputs, hashes, tmp / "model.onnx")
+        lock = _lock(report, job, inputs, hashes, tmp / "model.onnx", result["published_at"])
         write_json(tmp / "metrics.json", metrics)
         from release import render
 
@@ -168,7 +182,22 @@ def publish(report: Report, job: dict, log=print) -> dict:
         lock["files"] = {f: file_sha256(tmp / f) for f in BUNDLE_FILES}
         write_json(tmp / "release.lock", lock)
     hashes.save()
+    # The small file a CI job restores to gate tomorrow's build against this one (release/released.py).
+    released.write_latest(dest.parent, report.name, released.entry(lock, metrics, result["published_at"]),
+                          report.previous)
     return result
+
+
+def _first_published(lock: dict | None, job: dict, result: dict) -> str:
+    """When this version was first published: a repair keeps that time (from the damaged lock, or
+    the build's record of publishing this very content), so the release stays where it was in line."""
+    if lock and lock.get("published_at"):
+        return lock["published_at"]
+    before = _read_or_none(Path(job["out"])) or {}
+    if all(before.get(k) == result[k] for k in ("published", "model_sha256", "metrics_sha256")) and \
+            before.get("published_at"):
+        return before["published_at"]
+    return released.now()
 
 
 def version_name(report: Report) -> str:

@@ -9,7 +9,7 @@ titled like a section the card always has (PROVENANCE) adds its `card` lines to 
 
 from __future__ import annotations
 
-from release.gate import CHECKS, baseline, describe_facts, descriptions
+from release.gate import CHECKS, RELATIVE_CHECKS, baseline, describe_facts, descriptions
 from release.report import Check, Report, VariantRow
 
 SPARSE = 0.05  # a share of zero weights worth a note (trained dense weights have next to none)
@@ -33,6 +33,11 @@ def _grid(report: Report) -> list[str]:
     for key, _, direction, label, unit in CHECKS:
         if budget.get(key) is not None:
             header.append(f"{label} {'<=' if direction == 'max' else '>='} {_fmt(budget[key], unit)}")
+    against = report.previous["version"] if report.previous else "release"
+    for key, figure, _, label, _ in RELATIVE_CHECKS:
+        if budget.get(key) is not None:
+            allowed = f"drop <= {budget[key]:.3f}" if figure == "map" else f"<= +{budget[key]:.0%}"
+            header.append(f"{label.split()[0]} vs {against} ({allowed})")
     header.append("result")
     lines = [header]
     for name, row in report.variants.items():
@@ -51,9 +56,18 @@ def _grid(report: Report) -> list[str]:
 
 def _cell(check: Check) -> str:
     verdict = "pass" if check.passed else "FAIL"
+    if check.margin is None:  # a budget relative to a release there is none of
+        return f"{verdict} ({check.note})"
+    margin = f"{'+' if check.margin >= 0 else '-'}{_fmt(abs(check.margin), check.unit)}"
+    if check.released is not None:  # tonight's figure and the released one
+        both = f"{_fmt(check.value, check.unit)} vs {_fmt(check.released, check.unit)}"
+        if check.reason:
+            return f"{verdict} {both} (release damaged)"
+        return f"{verdict} {both} " + ("(not compared)" if check.note and "not compared" in check.note
+                                       else f"({margin})")
     if check.reason:  # failed for where it was measured, whatever the margin
         return f"{verdict} {check.provenance} figure"
-    return f"{verdict} {'+' if check.margin >= 0 else '-'}{_fmt(abs(check.margin), check.unit)}"
+    return f"{verdict} {margin}"
 
 
 def _notes(report: Report) -> list[str]:
@@ -75,6 +89,7 @@ def _notes(report: Report) -> list[str]:
             if found.faster_as and base is not None and row.latency_ms >= base.latency_ms:
                 notes.append(f"{name}: {found.faster_as} is not faster than fp32 here ({row.latency_ms:.2f} vs "
                              f"{base.latency_ms:.2f} ms): latency, not the format, decides")
+    notes += _release_notes(report)
     if report.budget.get("latency_from") == "device":
         notes.append("budget.latency_from: device — a latency figure not measured on the target fails the gate")
     for name, row in report.variants.items():
@@ -87,6 +102,32 @@ def _notes(report: Report) -> list[str]:
     else:
         notes.append("no variant meets every budget: nothing released")
     return notes
+
+
+def _release_notes(report: Report) -> list[str]:
+    """What the budgets relative to the previous release compared against, and what they could not."""
+    if not any(report.budget.get(key) is not None for key, *_ in RELATIVE_CHECKS):
+        return []
+    prev = report.previous
+    if prev is None:
+        return [f"vs release: no previous release of {report.name} is published: the budgets relative to it pass"]
+    fig = prev["figures"]
+    lines = [f"vs release: {report.name} {prev['version']} (variant {prev['variant']}, "
+             f"published {prev['published_at']}): "
+             f"mAP {_num(fig.get('map'), '')}, latency {_num(fig.get('latency_ms'), 'ms')} ms, "
+             f"size {_num(fig.get('size_mb'), 'MB')} MB"]
+    seen = set()
+    for row in report.variants.values():
+        for c in row.checks:
+            for text in (c.reason, c.note):
+                if c.budget.endswith("_vs_release") and text and text not in seen:
+                    seen.add(text)
+                    lines.append(f"vs release: {text}")
+    return lines
+
+
+def _num(value, unit: str) -> str:
+    return "?" if value is None else _fmt(value, unit)
 
 
 def markdown(report: Report) -> str:
@@ -109,6 +150,7 @@ def missed(report: Report) -> str:
         misses = [f"{c.label} {_fmt(c.value, c.unit)}{c.unit and ' ' + c.unit} vs "
                   f"{'max' if c.direction == 'max' else 'min'} {_fmt(c.limit, c.unit)} "
                   + (f"({c.reason})" if c.reason else f"(by {_fmt(abs(c.margin), c.unit)})")
+                  + (f" [release {c.against}: {_fmt(c.released, c.unit)}]" if c.released is not None else "")
                   for c in row.checks if not c.passed]
         if misses:
             out.append(f"  {name}: " + "; ".join(misses))
@@ -124,13 +166,22 @@ def card(report: Report, lock: dict) -> str:
     pipeline = " -> ".join(
         s.stage + (f"({', '.join(f'{k}={v}' for k, v in s.params.items())})" if s.params else "") for s in row.stages)
     return f"""# {report.name} {report.version} — model card
-
+{_version_line(report)}
 Variant **{name}**, selected by `{report.select}` among {len(report.variants)} variants.
 Pipeline: `{pipeline}`. Fingerprint `{row.fingerprint[:16]}`.
 
 {_figures(report, row)}{_classes(report)}
 {stage_sections(row)}{_budgets(report, row)}
 {_provenance(row, lock)}"""
+
+
+def _version_line(report: Report) -> str:
+    """The card's line on a version made from a template (empty for a plain version)."""
+    made = report.version_from
+    if not made:
+        return ""
+    values = ", ".join(f"{{{k}}} = {v}" for k, v in made["values"].items())
+    return f"\nVersion `{report.version}` from the template `{made['template']}` ({values}).\n"
 
 
 def _figures(report: Report, row: VariantRow) -> str:
@@ -171,8 +222,14 @@ def provenance_notes(stage_facts: dict[str, dict]) -> str:
 
 
 def _budgets(report: Report, row: VariantRow) -> str:
-    checks = "\n".join(f"| {c.label} | {c.value:.4g} {c.unit} | {'<=' if c.direction == 'max' else '>='} "
-                       f"{c.limit:.4g} | {c.margin:+.4g} | {'pass' if c.passed else 'FAIL'}"
+    def limit(c: Check) -> str:
+        if c.limit is None:
+            return c.note or ""
+        vs = f" (release {c.against}: {c.released:.4g})" if c.released is not None else ""
+        return f"{'<=' if c.direction == 'max' else '>='} {c.limit:.4g}{vs}"
+
+    checks = "\n".join(f"| {c.label} | {c.value:.4g} {c.unit} | {limit(c)} | "
+                       f"{'' if c.margin is None else format(c.margin, '+.4g')} | {'pass' if c.passed else 'FAIL'}"
                        f"{' (' + c.reason + ')' if c.reason else ''} |"
                        for c in row.checks) or "| (no budgets) | | | | |"
     return f"""## Budgets ({report.target['name']})

@@ -94,24 +94,35 @@ class LatencyFigure(BaseModel):
         return {k: data[k] for k in sorted((k for k in data if k in keep), key=lambda k: rank.get(k, len(rank)))}
 
 
+OPTIONAL_CHECK_KEYS = ("provenance", "reason", "released", "against", "note")
+
+
 class Check(_Model):
-    """One budget of one variant: the figure, the limit, the margin (positive = headroom)."""
+    """One budget of one variant: the figure, the limit, the margin (positive = headroom).
+
+    A budget relative to the previous release (budget.*_vs_release) also has the released figure
+    and the version it comes from; its limit is the figure the budget allows (released mAP minus
+    the drop, released latency times 1 + the increase). With no previous release its limit and
+    margin are null and its note says so (it passes)."""
 
     budget: str                          # the budget's field, e.g. "latency_ms"
     label: str                           # how the table names it, e.g. "latency"
     unit: str
     value: Number
-    limit: Number
+    limit: Number | None
     direction: Literal["max", "min"]
-    margin: Number
+    margin: Number | None
     passed: bool = Field(alias="pass")
     provenance: str | None = None        # latency only: where the figure was measured
     reason: str | None = None            # failed for something other than the margin
+    released: Number | None = None       # *_vs_release: the previous release's figure
+    against: str | None = None           # *_vs_release: the version of that release
+    note: str | None = None              # *_vs_release: e.g. "no previous release", eval data differs
 
     @model_serializer(mode="wrap")
     def _optional_keys(self, handler):  # written only when they say something, as before
         data = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k not in ("provenance", "reason")}
+        return {k: v for k, v in data.items() if v is not None or k not in OPTIONAL_CHECK_KEYS}
 
 
 class PipelineStep(_Model):
@@ -168,13 +179,16 @@ class Report(_Model):
     # data.eval's class names in the model's output order (class index i = category i's name), as
     # the mAP measurement read them; absent from reports made before it was recorded
     classes: list[str] | None = None
+    # The previously published release the *_vs_release budgets compared against, as
+    # release.released.previous found it (its figures, eval data hashes, publish time); absent
+    # when the manifest sets no such budget or nothing was published before.
+    previous: dict[str, Any] | None = None
+    version_from: dict[str, Any] | None = None  # the version template and its values (release/versions.py)
 
     @model_serializer(mode="wrap")
-    def _optional_classes(self, handler):
+    def _optional_keys(self, handler):  # absent unless set: older reports write back as they were
         data = handler(self)
-        if data.get("classes") is None:
-            data.pop("classes", None)
-        return data
+        return {k: v for k, v in data.items() if v is not None or k not in ("classes", "previous", "version_from")}
 
     @property
     def release(self) -> VariantRow | None:

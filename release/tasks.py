@@ -12,7 +12,7 @@ import functools
 import shutil
 from pathlib import Path
 
-from release import actions, ci, ownership
+from release import actions, ci, ownership, released
 from release.errors import CRASH, MISTAKE
 from release.plan import Plan, relative, short
 
@@ -153,17 +153,24 @@ def gate_task(plan: Plan) -> dict:
     # The report records the key it was made from; up to date means that key, not doit's memory of
     # an earlier run (a killed run may have rewritten the report from another plan).
     # Paths are relative: a project copied or restored elsewhere is still up to date.
-    job["key"] = digest({k: job[k] for k in ("name", "version", "budget", "select", "target")},
-                        {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
+    keyed = {k: job[k] for k in ("name", "version", "budget", "select", "target")}
+    if plan.version_from:
+        job["version_from"] = keyed["version_from"] = plan.version_from
+    job["key"] = digest(keyed, {n: v["fingerprint"] for n, v in variants.items()}, _rel(plan, deps))
     from release import junit
 
+    # report.xml too: a build that stopped before its gate replaced it with its errors
+    uptodate = [(actions.report_is_current, [job["report"], job["key"]]),
+                (junit.is_gate_report, [job["report_xml"], job["key"]])]
+    if released.relative_budgets(plan.budget):
+        # The previous release is an input too: the one it is now must be the one the report compared against.
+        job.update(releases=str(plan.release_dir / "release"),
+                   hash_cache=str(plan.artifacts / ".cache" / "hashes.json"), **_inputs(plan))
+        uptodate.append((released.gate_is_current, [job["report"], job["releases"], plan.version]))
     return {
         "name": plan.name, "doc": "check every variant against the budgets; write report.json, .md and .xml (JUnit)",
         "actions": [(actions.gate, [job])], "file_dep": _rel(plan, deps),
-        "targets": _rel(plan, [job["report"], job["report_md"], job["report_xml"]]),
-        # report.xml too: a build that stopped before its gate replaced it with its errors
-        "uptodate": [(actions.report_is_current, [job["report"], job["key"]]),
-                     (junit.is_gate_report, [job["report_xml"], job["key"]])],
+        "targets": _rel(plan, [job["report"], job["report_md"], job["report_xml"]]), "uptodate": uptodate,
         "clean": True,
     }
 
