@@ -273,6 +273,8 @@ def _check_store(raw: dict, root: Path, problems: _Problems, outs: dict[str, Pat
     env = os.environ.get(STORE_ENV)
     if env:
         problem = _store_problem(env, root, raw, outs)
-        if problem:
-            problems.add((STORE_ENV,), f"(environment variable, relative to {root}) {problem} Or unset "
-                                       f"{STORE_ENV}.")
+        if problem:  # not in the YAML: no line (add() would locate it at the top of the file)
+            problems.count += 1
+            if len(problems.items) < problems.SHOWN:
+                problems.items.append(f"  {STORE_ENV} (environment variable, relative to {root}): {problem} "
+                                      f"Or unset {STORE_ENV}.")

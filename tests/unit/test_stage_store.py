@@ -124,7 +124,7 @@ def test_a_store_the_build_cannot_use_is_one_located_problem(tmp_path, value, sa
 def test_a_bad_release_store_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("RELEASE_STORE", "artifacts/stages")
     message = _problem(tmp_path, tiny_manifest_dict())
-    assert "1 problem" in message and "RELEASE_STORE: (environment variable" in message
+    assert "1 problem" in message and "RELEASE_STORE (environment variable" in message
     assert "inside artifacts/stages/" in message and "unset RELEASE_STORE" in message
     monkeypatch.setenv("RELEASE_STORE", "")  # empty: unset
     assert manifest.load(tmp_path / "tiny.yaml", tmp_path).name == "tiny"
@@ -178,3 +178,13 @@ def test_a_measurement_is_served_only_as_sealed(tmp_path):
     assert not ownership.is_sealed(str(out), "key")
     ownership.drop_unsealed(str(out), "key")
     assert not out.exists() and not (out.parent / (out.name + ownership.MARK)).exists()
+
+
+def test_a_bad_release_store_stops_the_build_before_anything_runs(tmp_path):
+    from tests.conftest import run_doit
+
+    write_manifest(tmp_path, tiny_manifest_dict())
+    done = run_doit(tmp_path, "release", "manifest=tiny.yaml", env={"RELEASE_STORE": str(tmp_path)})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "RELEASE_STORE (environment variable" in done.stderr and "holds the project folder" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "stages").exists()
