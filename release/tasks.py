@@ -1,9 +1,11 @@
 """doit task dicts for a build plan: one task per generator, per stage node, per measurement, and
 the gate.
 
-Each stage task's file_dep is its input artifact (and the annotations of data it reads), its
-targets are its output and record, and its output folder is named by its fingerprint: a changed
-param, input, code or tool version gives a new folder, so doit alone decides what is stale.
+A stage task's output folder (in the stage store, artifacts/ by default) is named by its
+fingerprint: a changed param, input, data, code or tool version gives a new folder. So a stage or
+measurement task needs no file_dep: it is up to date when the store holds its output, verified
+against its record (release.ownership), and runs after the task that makes its input. doit's own
+state is therefore not needed to reuse a store (a CI runner restores only the store).
 """
 
 from __future__ import annotations
