@@ -108,7 +108,7 @@ def run_stage(job: dict) -> None:
         ctx = StageContext(input=Path(job["input"]), out_dir=tmp, params=params, fingerprint=job["fingerprint"],
                            manifest=_inputs(job), log=_log, spec_produces=module.SPEC.produces,
                            resume=resume / "state.pt", progress=_progress(),
-                           cache_dir=Path(job["root"]) / "artifacts" / ".cache")
+                           cache_dir=Path(job.get("cache_dir") or Path(job["root"]) / "artifacts" / ".cache"))
         try:
             facts = module.run(ctx)
         except ReleaseError:

@@ -197,6 +197,17 @@ class Tracking(Strict):
                        description="Model Registry alias given to the released version")
 
 
+class Store(Strict):
+    """Where stage outputs, measurements and the calibration cache are kept, laid out as under
+    artifacts/ (stages/, measure/, .cache/calibration/), so that CI can restore them from its cache.
+    Everything in it is named by content and verified before it is reused. RELEASE_STORE, when set,
+    wins over it. [ci-nightly.md](ci-nightly.md#the-stage-store)."""
+
+    path: Path = Field(description="the store folder: artifacts/ (the default), a folder under it, or a folder "
+                                   "outside the project (the one place outside artifacts/ the build writes); "
+                                   "never inside or around data or a checkpoint the build reads")
+
+
 GENERATOR_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # it names the doit task generate:<name>
 
 
@@ -257,6 +268,8 @@ class Manifest(Strict):
     generate: dict[str, Generator] = Field(default_factory=dict, description="tasks that make the build's inputs "
                                                                              "before anything reads them (doit "
                                                                              "task generate:<name>), in order")
+    store: Store | None = Field(None, description="the stage store (stage outputs, measurements, calibration "
+                                                  "ranges); unset: artifacts/. RELEASE_STORE overrides it")
 
     _path: Path = PrivateAttr(default=None)
     _pipelines: dict[str, list[tuple[str, Any]]] = PrivateAttr(default_factory=dict)

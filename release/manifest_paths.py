@@ -1,6 +1,7 @@
 """The paths a manifest names, checked when it loads: each exists and is the right kind (a regular
 file, a folder holding images), none is a special file, and what the build writes lies inside
-artifacts/."""
+artifacts/ -- but the stage store (`store.path` or RELEASE_STORE), which may also be a folder
+outside the project, apart from everything the build reads."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from release.manifest_yaml import _kind_name
 
 IMAGE_SCAN = 2000     # entries of an images folder looked at, breadth first, for one image file
 PSEUDO_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
+STORE_ENV = "RELEASE_STORE"  # the stage store's folder; wins over the manifest's store.path
 
 
 def _reason(exc: BaseException) -> str:
@@ -181,6 +183,7 @@ def _check_paths(raw: dict, root: Path, problems: _Problems) -> None:
     from release.generate import owner
 
     outs = _generator_outs(raw, root, problems)
+    _check_store(raw, root, problems, outs)
 
     def made_by(value: Any) -> str | None:
         return owner(_resolved(root, value), outs) if isinstance(value, str) else None
@@ -273,3 +276,77 @@ def _unlabelled(layout, made: bool) -> str:
     return ("mAP needs labels: give data.eval its annotations (a COCO json, a folder of VOC xml), or YOLO "
             "<image stem>.txt label files beside the images" + (f" or in {sibling}" if sibling else "")
             + ", with names")
+
+
+# ---------------------------------------------------------------- the stage store
+
+def store_folder(configured: Path | str | None, root: Path) -> Path | None:
+    """The stage store: RELEASE_STORE when set (relative to the project root), else the manifest's
+    store.path, else None, meaning artifacts/ (as is a store that is artifacts/ itself)."""
+    value = os.environ.get(STORE_ENV) or configured
+    if not value:
+        return None
+    path, artifacts = Path(os.path.abspath(Path(root) / value)), Path(os.path.abspath(Path(root) / "artifacts"))
+    return None if path == artifacts else path
+
+
+def _reads(raw: dict, root: Path, outs: dict[str, Path | None]) -> list[tuple[str, Path]]:
+    """(field, resolved path) of what the build reads or a generator writes."""
+    found = [("source.checkpoint", _resolved(root, _get(raw, "source", "checkpoint")))]
+    for split in ("train", "calibration", "tuning", "eval"):
+        found += [(f"data.{split}.{key}", _resolved(root, _get(raw, "data", split, key))) for key in ("annotations", "images")]
+    found += [(f"generate.{name}.out", out) for name, out in outs.items()]
+    return [(field, path) for field, path in found if path is not None]
+
+
+def _store_problem(value: str, root: Path, raw: dict, outs: dict[str, Path | None]) -> str | None:
+    """Why a store folder cannot be used, or None. It is artifacts/ (or a folder under it the build
+    does not manage), or a folder outside the project; it neither lies in nor holds what the build
+    reads (a restore or `doit clean` of the store would touch it, and writing there would move the
+    stamps of the data)."""
+    fix = "point it at artifacts/ (the default), or at a folder of its own outside the project (e.g. ../release-store)"
+    try:
+        store, project = (root / value).resolve(), root.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"{_short(value)} cannot be used as a path ({_reason(exc)})."
+    artifacts = project / "artifacts"
+    shown = f"{_short(value)} (resolved: {_short(str(store))})"
+    if _pseudo(store) is not None:
+        return f"{shown} is on {_pseudo(store)}, a kernel pseudo-file system: {fix}."
+    if store.exists() and not store.is_dir():
+        return f"{shown} exists and is not a folder: {fix}."
+    if project.is_relative_to(store):
+        return f"{shown} holds the project folder {project}: {fix}."
+    if store == artifacts:
+        return None
+    if store.is_relative_to(artifacts):
+        top = store.relative_to(artifacts).parts[0]
+        if top in ("stages", "measure", "mlflow") or top.startswith(".") or top == raw.get("name"):
+            return f"{shown} is inside artifacts/{top}/, which the build manages itself: {fix}."
+    elif store.is_relative_to(project):
+        return (f"{shown} is inside the project folder but not under artifacts/, and the build writes in the "
+                f"project only under artifacts/: {fix}.")
+    for field, path in _reads(raw, root, outs):
+        if store.is_relative_to(path) or path.is_relative_to(store):
+            where = "inside" if store.is_relative_to(path) else "around"
+            return (f"{shown} is {where} {field} ({_short(str(path))}), which the build reads or makes: a "
+                    f"restored or cleaned store would touch it; {fix}.")
+    return None
+
+
+def _check_store(raw: dict, root: Path, problems: _Problems, outs: dict[str, Path | None]) -> None:
+    """store.path and RELEASE_STORE (both when both are set: the manifest is checked whatever the
+    environment says)."""
+    value = _get(raw, "store", "path")
+    if isinstance(value, str):
+        problem = _store_problem(value, root, raw, outs)
+        if problem:
+            problems.add(("store", "path"), problem)
+    env = os.environ.get(STORE_ENV)
+    if env:
+        problem = _store_problem(env, root, raw, outs)
+        if problem:  # not in the YAML: no line (add() would locate it at the top of the file)
+            problems.count += 1
+            if len(problems.items) < problems.SHOWN:
+                problems.items.append(f"  {STORE_ENV} (environment variable, relative to {root}): {problem} "
+                                      f"Or unset {STORE_ENV}.")

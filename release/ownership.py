@@ -5,10 +5,15 @@ into place, so a folder with the mark is complete); a file it writes has a sidec
 `<file>.release-owner.json`, written before the file (claiming the path) and sealed with the file's
 hash after it. An existing folder or file without the mark was put there by someone else: the build
 refuses to touch it and says how to fix the manifest.
+
+What the stage store holds (release/manifest_paths.py) is verified before it is reused, wherever it
+came from (this build, another project sharing the store, a CI cache): a stage output against the
+hash its stage.json records, a measurement against the hash its sidecar seals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -105,3 +110,71 @@ def remove_owned(path: str) -> None:
     elif path.is_file() and _sidecar(path).is_file():
         path.unlink()
         _sidecar(path).unlink()
+
+
+# ---------------------------------------------------------------- the stage store
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def output_verified(out_dir: str, fingerprint: str, stamps: str) -> bool:
+    """doit uptodate for a stage (it has no file_dep, so doit's own state is not needed: a store
+    restored on a fresh runner is up to date): out_dir holds the output committed for this very
+    fingerprint, byte for byte what its stage.json records. Each file is hashed once as it is on
+    this machine, then checked by a stamp under `stamps` (this project's artifacts/.cache, never the
+    store) of its size, mtime, ctime and inode: a restore or any write gives a new ctime, which
+    cannot be set back, so bytes changed behind the build's back are hashed again and seen."""
+    from release.plan import OUTPUT_FILE
+
+    try:
+        record = read_json(Path(out_dir) / "stage.json")
+        output = Path(out_dir) / OUTPUT_FILE[record["produces"]]
+        expected, st = record["output_sha256"], output.stat()
+        if record["fingerprint"] != fingerprint or not isinstance(expected, str):
+            return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    now = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    stamp = Path(stamps) / f"{hashlib.sha256(str(output).encode()).hexdigest()[:32]}.json"
+    try:
+        known = read_json(stamp)
+        if known["stat"] == now and known["sha256"] == expected:
+            return True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        if _sha256(output) != expected:
+            return False  # the stage runs; its action finds no committed output and builds it anew
+        write_json(stamp, {"path": str(output), "stat": now, "sha256": expected})
+    except OSError:
+        return False
+    return True
+
+
+def is_sealed(path: str, key: str) -> bool:
+    """doit uptodate for a measurement: the file is the one sealed for this key, byte for byte (a
+    measurement is a small json file: hashed every time)."""
+    try:
+        mark = read_json(_sidecar(Path(path)))
+        return mark["fingerprint"] == key and mark["sha256"] == _sha256(Path(path))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def drop_unsealed(path: str, key: str) -> None:
+    """Before a measurement: a file there not sealed for its key (edited, damaged, or written by a
+    run killed before it sealed it) is removed, so it is measured again, never served."""
+    if Path(path).exists() and not is_sealed(path, key):
+        Path(path).unlink(missing_ok=True)
+        _sidecar(Path(path)).unlink(missing_ok=True)
+
+
+def remove_sealed(path: str) -> None:
+    """`doit clean` for a measurement: the file and its seal."""
+    Path(path).unlink(missing_ok=True)
+    _sidecar(Path(path)).unlink(missing_ok=True)

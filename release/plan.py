@@ -11,7 +11,9 @@ stamp that moved (an edited manifest, a touched image, an installed package) mea
 anew; it is never served stale.
 
 Equal pipeline prefixes have equal fingerprints, so they are one node (and one task) however many
-variants (or manifests) share them. Outputs live under artifacts/stages/<stage>/<fingerprint>/.
+variants (or manifests) share them. Outputs live under <store>/stages/<stage>/<fingerprint>/ and
+measurements under <store>/measure/<fingerprint>/, where the store is artifacts/ unless the
+manifest's `store:` or RELEASE_STORE names another folder (docs/ci-nightly.md).
 """
 
 from __future__ import annotations
@@ -109,10 +111,16 @@ class Plan:
     checked: list[str]                    # fingerprints of the nodes the model check covers
     keys: dict                            # measurement keys: "size", and "map" / "latency" per fingerprint
     version_from: dict | None = None      # a version template and what it resolved to (release/versions.py)
+    store: Path | None = None             # the stage store (manifest `store:` or RELEASE_STORE); None: artifacts/
 
     @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
+
+    @property
+    def store_dir(self) -> Path:
+        """Where stage outputs, measurements and the calibration cache are kept (all named by content)."""
+        return Path(self.store) if self.store is not None else self.artifacts
 
     @property
     def release_dir(self) -> Path:
@@ -138,7 +146,7 @@ class Plan:
         return self.nodes[self.final[variant]]
 
     def measure_dir(self, node: StageNode) -> Path:
-        return self.artifacts / "measure" / short(node.fingerprint)
+        return self.store_dir / "measure" / short(node.fingerprint)
 
     def size_file(self, node: StageNode) -> Path:
         return self.measure_dir(node) / f"size-{short(self.keys['size'])}.json"
@@ -164,8 +172,10 @@ class Plan:
             nodes[n["fingerprint"]] = StageNode(**n)
         generators = {name: GeneratorNode(**{**g, "out": Path(g["out"]), "targets": [Path(t) for t in g["targets"]]})
                       for name, g in doc["generators"].items()}
-        fields = {k: v for k, v in doc.items() if k not in ("nodes", "generators", "manifest", "root")}
-        return cls(**fields, nodes=nodes, generators=generators, manifest=Path(doc["manifest"]), root=Path(doc["root"]))
+        fields = {k: v for k, v in doc.items() if k not in ("nodes", "generators", "manifest", "root", "store")}
+        store = Path(doc["store"]) if doc.get("store") else None
+        return cls(**fields, nodes=nodes, generators=generators, manifest=Path(doc["manifest"]), root=Path(doc["root"]),
+                   store=store)
 
 
 # ---------------------------------------------------------------- stamps

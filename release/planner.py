@@ -13,6 +13,7 @@ from release.data_formats import label_files
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.generate import owner
 from release.manifest import Inputs, Manifest
+from release.manifest_paths import store_folder
 from release.plan import GeneratorNode, Plan, StageNode, short
 from release.usercode import module_file
 
@@ -138,7 +139,7 @@ def _data_after(manifest: Manifest, generated: _Generated) -> dict[str, list[str
             for split in ("train", "calibration", "tuning", "eval") if (ref := getattr(manifest.data, split))}
 
 
-def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: dict, data_after: dict,
+def _stage_nodes(manifest: Manifest, store: Path, source_fp: str, data_fp: dict, data_after: dict,
                  source_after: list[str]):
     framework = code_hash(FRAMEWORK_MODULES)
     spec, source = manifest.model, manifest.source
@@ -173,7 +174,7 @@ def _stage_nodes(manifest: Manifest, artifacts: Path, source_fp: str, data_fp: d
                 after = sorted({g for s in reads + sspec.verifies for g in data_after.get(s, [])} |
                                set(source_after if current == manifest.source.checkpoint else []))
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp,
-                                      current, artifacts / "stages" / name / short(fp), sspec.produces, deps,
+                                      current, store / "stages" / name / short(fp), sspec.produces, deps,
                                       after=after)
             node = nodes[fp]
             node.variants.append(variant)
@@ -214,7 +215,10 @@ def build(manifest: Manifest, root: Path) -> Plan:
     else:
         source_fp = hashes.file(checkpoint) if checkpoint.is_file() else "missing"
     hashes.save()
-    nodes, chains = _stage_nodes(manifest, artifacts, source_fp, data_fp, data_after, source_after)
+    # The stage store (release/manifest_paths.py): stage outputs and measurements live there, named
+    # by fingerprint; None is artifacts/ itself.
+    store = store_folder(manifest.store.path if manifest.store else None, root)
+    nodes, chains = _stage_nodes(manifest, store or artifacts, source_fp, data_fp, data_after, source_after)
     final = {variant: chain[-1] for variant, chain in chains.items()}
     checked = [fp for fp, n in nodes.items() if stages.load(n.stage).has("check") or stages.load(n.stage).SPEC.uses_model]
     inputs = Inputs.of(manifest).model_dump(mode="json")
@@ -225,4 +229,4 @@ def build(manifest: Manifest, root: Path) -> Plan:
                 source_fp=source_fp, data_fp=data_fp, data_after=data_after, nodes=nodes, final=final,
                 chains=chains, checked=checked,
                 keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))),
-                version_from=manifest.version_from)
+                version_from=manifest.version_from, store=store)

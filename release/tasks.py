@@ -1,9 +1,11 @@
 """doit task dicts for a build plan: one task per generator, per stage node, per measurement, and
 the gate.
 
-Each stage task's file_dep is its input artifact (and the annotations of data it reads), its
-targets are its output and record, and its output folder is named by its fingerprint: a changed
-param, input, code or tool version gives a new folder, so doit alone decides what is stale.
+A stage task's output folder (in the stage store, artifacts/ by default) is named by its
+fingerprint: a changed param, input, data, code or tool version gives a new folder. So a stage or
+measurement task needs no file_dep: it is up to date when the store holds its output, verified
+against its record (release.ownership), and runs after the task that makes its input. doit's own
+state is therefore not needed to reuse a store (a CI runner restores only the store).
 """
 
 from __future__ import annotations
@@ -81,19 +83,47 @@ def check_tasks(plan: Plan):
     }
 
 
+def _stamps(plan: Plan) -> str:
+    """This project's stamps of store files it has verified (never in the store itself)."""
+    return str(plan.artifacts / ".cache" / "verified")
+
+
 def stage_tasks(plan: Plan):
+    """One task per stage node. Up to date: its output folder in the store holds the output
+    committed for its fingerprint, verified against its record (release.ownership.output_verified);
+    no file_dep, so a store restored without doit's state (a fresh CI runner) is up to date too.
+    The fingerprint covers the input, the data and the code, so nothing else can make it stale;
+    it runs after the task that makes its input."""
+    made_by = {node.output: node.task_name for node in plan.nodes.values()}
     for node in plan.nodes.values():
         job = _job(plan, stage=node.stage, params=node.params, params_set=node.params_set, fingerprint=node.fingerprint,
-                   input=str(node.input), out_dir=str(node.out_dir), **_inputs(plan))
+                   input=str(node.input), out_dir=str(node.out_dir), cache_dir=str(plan.store_dir / ".cache"),
+                   **_inputs(plan))
+        upstream = [f"stage:{made_by[node.input]}"] if node.input in made_by else []
         yield {
             "name": node.task_name,
             "doc": f"{node.stage} {node.params or ''} (variants: {', '.join(node.variants)})",
             "actions": [(actions.run_stage, [job])],
-            "file_dep": _rel(plan, [node.input, *node.data_deps]),
             "targets": _rel(plan, [node.output, node.record]),
+            "uptodate": [(ownership.output_verified, [str(node.out_dir), node.fingerprint, _stamps(plan)])],
             "clean": [_rmtree(node.out_dir), _rmtree(node.out_dir.with_name(node.out_dir.name + ".resume"))],
-            "verbosity": 2, "task_dep": _check_dep(plan) + _generated(plan, node.after),
+            "verbosity": 2, "task_dep": _check_dep(plan) + _generated(plan, node.after) + upstream,
         }
+
+
+def _measurement(plan: Plan, node, kind: str, out: Path, action, job: dict, **task) -> dict:
+    """A measurement task: up to date while its file (named by everything that decides the figure)
+    is the one sealed for its key, so it is verified wherever it came from, and doit's state is not
+    needed; a file that does not verify is removed and measured again."""
+    from release.fingerprint import digest
+
+    key = digest(kind, node.fingerprint, plan.keys[kind] if kind == "size" else plan.keys[kind][node.fingerprint])
+    return {
+        "name": f"{kind}@{short(node.fingerprint)[:10]}",
+        "actions": [(ownership.drop_unsealed, [str(out), key]), (action, [job]), (ownership.seal_file, [str(out), key])],
+        "targets": _rel(plan, [out]), "uptodate": [(ownership.is_sealed, [str(out), key])],
+        "clean": [(ownership.remove_sealed, [str(out)])], **task,
+    }
 
 
 def measure_tasks(plan: Plan):
@@ -104,29 +134,20 @@ def measure_tasks(plan: Plan):
            [f"measure:map@{short(n.fingerprint)[:10]}" for n in finals]
     previous: list[str] = []
     for node in finals:
-        model, tag = str(node.output), short(node.fingerprint)
-        yield {
-            "name": f"size@{tag[:10]}", "doc": f"size of {node.stage} output",
-            "actions": [(actions.measure_size, [_job(plan, model=model, out=str(plan.size_file(node)))])],
-            "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.size_file(node)]), "clean": True,
-        }
-        yield {
-            "name": f"map@{tag[:10]}", "doc": "COCO mAP of the ONNX file through ONNX Runtime on data.eval",
-            "actions": [(actions.measure_map, [_job(plan, model=model, out=str(plan.map_file(node)), **_inputs(plan))])],
-            "file_dep": _rel(plan, [model, *filter(None, [plan.eval_annotations])]),
-            "targets": _rel(plan, [plan.map_file(node)]),
-            "clean": True, "verbosity": 2, "task_dep": _generated(plan, plan.data_after.get("eval", [])),
-        }
-        device = plan.target
-        yield {
-            "name": f"latency@{tag[:10]}",
-            "doc": f"latency on {device['name']} with {device['threads']} threads, {device['runner']} runner",
-            "actions": [(actions.measure_latency, [_job(
-                plan, model=model, out=str(plan.latency_file(node)), device=device,
-                measure=plan.measure)])],
-            "file_dep": _rel(plan, [model]), "targets": _rel(plan, [plan.latency_file(node)]), "clean": True,
-            "task_dep": busy + previous, "verbosity": 2,
-        }
+        model, tag, made = str(node.output), short(node.fingerprint), [f"stage:{node.task_name}"]
+        out = plan.size_file(node)
+        yield _measurement(plan, node, "size", out, actions.measure_size, _job(plan, model=model, out=str(out)),
+                           doc=f"size of {node.stage} output", task_dep=made)
+        out = plan.map_file(node)
+        yield _measurement(plan, node, "map", out, actions.measure_map,
+                           _job(plan, model=model, out=str(out), **_inputs(plan)),
+                           doc="COCO mAP of the ONNX file through ONNX Runtime on data.eval", verbosity=2,
+                           task_dep=made + _generated(plan, plan.data_after.get("eval", [])))
+        device, out = plan.target, plan.latency_file(node)
+        yield _measurement(plan, node, "latency", out, actions.measure_latency,
+                           _job(plan, model=model, out=str(out), device=device, measure=plan.measure),
+                           doc=f"latency on {device['name']} with {device['threads']} threads, {device['runner']} runner",
+                           task_dep=busy + previous, verbosity=2)
         previous = [f"measure:latency@{tag[:10]}"]
 
 

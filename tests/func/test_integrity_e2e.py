@@ -71,7 +71,8 @@ def test_a_lost_doit_state_does_not_rebuild_committed_outputs(project):
     done = run_doit(project, "release", "manifest=tiny.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "already committed; not run again" in out and "already measured; not measured again" in out
+    # Stages and measurements are up to date by their verified records (no doit state needed).
+    assert not [t for t in executed(out) if t.startswith(("stage:", "measure:"))], out
     assert "generate.checkpoint: " in out and "already made for" in out  # verified by its mark
     assert "generate:data" not in executed(out)
     assert "generate.checkpoint: {" not in out and "quantize: calibration" not in out  # nothing heavy re-ran

@@ -7,8 +7,11 @@ range), and pass the ranges to `quantize_static` as a calibration cache file (`s
 `collect_data` once per chunk of samples, which does merge: memory stays bounded.
 
 Ranges are cached by content (the model's bytes, the images, the method and its options, ORT's
-version) in the project's shared cache, so a change of format or of float fallback, which do not
-change ranges, does not recalibrate.
+version) in the stage store's `.cache/calibration/` (artifacts/.cache/calibration/ unless the
+manifest's `store:` or RELEASE_STORE names another store), so a change of format or of float
+fallback, which do not change ranges, does not recalibrate. Each entry is sealed with its hash
+(release.ownership): one damaged or edited in the store, or restored from a CI cache unsealed, is
+calibrated again, never used.
 """
 
 from __future__ import annotations
@@ -107,17 +110,21 @@ def ranges(ctx: StageContext, src, tmp, input_name: str, shape: list, inputs: li
     Returns the file and the facts that describe the calibration."""
     from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
 
+    from release import ownership
+
     p = ctx.params
     digest = _cache_key(p, src, inputs, op_types)
     info = {"method": p.calibration, "samples": len(inputs), **options(p), "key": digest[:16]}
     cached = Path(ctx.cache_dir) / "calibration" / f"{digest}.json" if ctx.cache_dir else None
-    if cached is not None and cached.is_file():
+    # An entry not sealed for its key (edited, damaged, or being written by a parallel stage) is
+    # calibrated again and written anew (atomically), never used.
+    if cached is not None and ownership.is_sealed(str(cached), digest):
         try:
-            load_tensors_data(cached)  # a damaged entry is recomputed, never trusted
+            load_tensors_data(cached)
             ctx.log(f"quantize: calibration ranges from the cache ({digest[:12]})")
             return cached, {**info, "cached": True}
-        except Exception:  # noqa: BLE001 - unreadable for any reason: drop it and calibrate
-            cached.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - unreadable for any reason: calibrate
+            pass
     path = Path(tmp) / "calibration.json"
     save_tensors_data(calibrate(ctx, src, tmp, input_name, shape, op_types, inputs), path)
     if cached is not None:
@@ -125,6 +132,7 @@ def ranges(ctx: StageContext, src, tmp, input_name: str, shape: list, inputs: li
 
         with atomic_file(cached) as handle:  # builds share the cache: never a half-written entry
             handle.write(path.read_bytes())
+        ownership.seal_file(cached, digest)
     return path, {**info, "cached": False}
 
 
