@@ -1,0 +1,127 @@
+"""The user's code a manifest names (`model.builder`, `model.adapter`), checked when it loads: the
+module is there, it imports (an exception inside it is one line with the user's file:line), the
+attribute exists (did you mean?), the builder is callable, and the adapter is a class that fits the
+`Adapter` protocol (release/adapter.py, as release/usercode.py's load_adapter checks it) with
+model.adapter_kwargs. Importing user code here is fine: a manifest is loaded only when the plan is
+made, never on a no-op build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from release.errors import ReleaseError
+
+if TYPE_CHECKING:
+    from release.manifest import ModelSpec
+    from release.manifest_problems import _Problems
+
+
+def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
+    """model.builder and model.adapter, each problem located at its field."""
+    from release import adapter as protocol
+    from release.usercode import import_object, load_adapter
+
+    for field in ("builder", "adapter"):
+        spec = getattr(model, field)
+        module = spec.partition(":")[0]
+        _forget_stale(module, root)
+        if _module_missing(spec, root):
+            problems.add(("model", field), f"no module '{module}' can be imported here or from the project "
+                                           f"folder {root}. Check the spelling ('package.module:name') and "
+                                           f"that the package is installed.")
+            continue
+        with _on_path(root):
+            try:
+                found = import_object(spec, f"model.{field}")
+                if field == "adapter":
+                    load_adapter(model)
+            except ReleaseError as exc:
+                problems.add(*adapter_problem(exc, field))
+                continue
+        if field == "builder" and not callable(found):
+            problems.add(("model", "builder"), f"{spec} is {protocol.kind_of(found)}, not callable: name the "
+                                               f"function (or class) that returns the nn.Module, called as "
+                                               f"builder(**model.kwargs).")
+
+
+def adapter_problem(exc: ReleaseError, field: str = "adapter") -> tuple[tuple, str]:
+    """(location, message) of a ReleaseError from import_object or load_adapter: at
+    model.adapter_kwargs when the kwargs are at fault, else at `field`; the message without the
+    field's name, which the location already gives."""
+    message = str(exc)
+    if field == "adapter" and message.startswith("model.adapter_kwargs"):
+        field = "adapter_kwargs"
+    for prefix in (f"model.{field}: ", f"model.{field} "):
+        message = message.removeprefix(prefix)
+    return ("model", field), message
+
+
+@contextlib.contextmanager
+def _on_path(root: Path):
+    """The project folder first on sys.path while user code is imported, as `doit` (which runs
+    there) and `release check --root` have it; left as it was afterwards."""
+    folder = str(Path(root).resolve())
+    if folder in sys.path:
+        yield
+        return
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+
+
+def _forget_stale(module: str, root: Path) -> None:
+    """Drop an imported top-level module (and its submodules) that a fresh import would no longer
+    find where it came from: a project folder's module cached in this process from another project
+    (tests make many), or deleted since. Otherwise a manifest would be checked against stale code."""
+    top = module.partition(".")[0]
+    cached = sys.modules.get(top)
+    origin = getattr(getattr(cached, "__spec__", None), "origin", None)
+    if cached is None or origin in (None, "built-in", "frozen"):
+        return
+    del sys.modules[top]
+    try:
+        with _on_path(root):
+            fresh = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        fresh = None
+    finally:
+        sys.modules[top] = cached
+    if fresh is not None and fresh.origin == origin:
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+
+
+def _module_missing(spec: str, root: Path) -> bool:
+    """True when the module of 'package.module:name' can be found neither on sys.path nor in the
+    project folder (found, not imported): `doit` runs there with it on sys.path, and so does
+    `release check --root`."""
+    from importlib.machinery import PathFinder
+
+    name = spec.partition(":")[0]
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return False
+    except (ImportError, ValueError):
+        pass
+    except Exception:  # noqa: BLE001 - a parent package raised as it was imported: the import reports it
+        return False
+    parts, paths = name.split("."), [str(root)]
+    for i, part in enumerate(parts):
+        found = PathFinder.find_spec(part, paths)
+        if found is None:
+            return True
+        paths = found.submodule_search_locations
+        if paths is None:
+            return i != len(parts) - 1
+    return False
