@@ -26,6 +26,7 @@ def run(manifest: Manifest) -> int:
 
     found: list[tuple[tuple, str]] = []
     checked, seen = 0, set()
+    found.extend(_checkpoint(manifest))
     base = _build(manifest)
     adapter = _adapter(manifest)  # every variant's mAP goes through it, whatever its stages
     found.extend(check_images.problems(manifest, base, adapter))  # on the fresh model, before any stage's check
@@ -48,6 +49,19 @@ def run(manifest: Manifest) -> int:
                 break  # reported by the stage's own check
     raise_problems(manifest, found)
     return checked
+
+
+def _checkpoint(manifest: Manifest) -> list[tuple[tuple, str]]:
+    """source.checkpoint, when no generator makes it, is a file: loading a manifest lets it be
+    missing (a plan, `doit list` or `release check` may come before it), the build does not."""
+    from release.generate import owner
+
+    path = manifest.source.checkpoint
+    if owner(path, {name: g.out for name, g in manifest.generate.items()}) is not None or path.is_file():
+        return []
+    return [(("source", "checkpoint"), f"no such file: {path}. Point it at the trained checkpoint to release "
+                                       f"(relative to the project folder), or make it with a generator "
+                                       f"(generate:).")]
 
 
 def _build(manifest: Manifest):
