@@ -80,7 +80,8 @@ def _users(filename: str) -> bool:
     if path.is_relative_to(own):
         return path.is_relative_to(own / "models")
     paths = sysconfig.get_paths()
-    return not any(path.is_relative_to(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    return not any(path.is_relative_to(Path(paths[key]).resolve())
+                   for key in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
 def module_file(spec: str) -> Path | None:
