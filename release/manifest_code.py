@@ -2,8 +2,8 @@
 module is there, it imports (an exception inside it is one line with the user's file:line), the
 attribute exists (did you mean?), the builder is callable, and the adapter is a class that fits the
 `Adapter` protocol (release/adapter.py, as release/usercode.py's load_adapter checks it) with
-model.adapter_kwargs. Importing user code here is fine: a manifest is loaded only when the plan is
-made, never on a no-op build.
+model.adapter_kwargs. A manifest is loaded only when the plan is made, never on a no-op build; user
+code not yet imported is imported in a child process, so that making a plan loads no torch.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 
 
 def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
-    """model.builder and model.adapter, each problem located at its field."""
-    from release import adapter as protocol
-    from release.usercode import import_object, load_adapter
+    """model.builder and model.adapter, each problem located at its field.
 
+    User code that this process has not imported yet is checked in a child process: it may import
+    torch, and making a plan (which loads the manifest) keeps the doit process light; the model
+    check imports it when it runs. A check made once in a process is not made again for the same
+    code (the model check loads the manifest again right after the plan was made)."""
+    present = []
     for field in ("builder", "adapter"):
         spec = getattr(model, field)
         module = spec.partition(":")[0]
@@ -35,19 +38,96 @@ def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
             problems.add(("model", field), f"no module '{module}' can be imported here or from the project "
                                            f"folder {root}. Check the spelling ('package.module:name') and "
                                            f"that the package is installed.")
-            continue
+        else:
+            present.append(field)
+    if not present:
+        return
+    with _on_path(root):
+        key = (model.model_dump_json(), str(root), tuple(present), _stamps(model))
+    if key not in _CHECKED:
+        imported = all(getattr(model, f).partition(":")[0] in sys.modules for f in present)
+        _CHECKED[key] = _in_process(model, root, present) if imported else _in_child(model, root, present)
+    for loc, message in _CHECKED[key]:
+        problems.add(tuple(loc), message)
+
+
+_CHECKED: dict[tuple, list] = {}
+_MARK = "RELEASE-USER-CODE-PROBLEMS:"
+_CHILD = ("import json, sys\n"
+          "payload = json.loads(sys.argv[1])\n"
+          "sys.path[:] = payload['path']\n"
+          "from release.manifest_code import _child\n"
+          "print(_child(payload), flush=True)\n")
+
+
+def _stamps(model: ModelSpec) -> tuple:
+    """Size and mtime of the builder's and adapter's source files: an edit is checked anew."""
+    from release.usercode import module_file
+
+    found = []
+    for spec in (model.builder, model.adapter):
+        path = module_file(spec)
+        try:
+            st = path.stat() if path is not None else None
+        except OSError:
+            st = None
+        found.append((str(path), st.st_mtime_ns, st.st_size) if st else None)
+    return tuple(found)
+
+
+def _in_child(model: ModelSpec, root: Path, fields: list[str]) -> list:
+    """_in_process in a fresh interpreter with this one's sys.path, its answer read back as JSON; a
+    child that dies (a crash while importing) is one problem too."""
+    import json
+    import subprocess
+
+    payload = {"model": model.model_dump(mode="json"), "root": str(root), "fields": fields, "path": sys.path}
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(payload)], cwd=str(root),
+                              capture_output=True, text=True, timeout=900, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [(("model", fields[0]), f"checking {getattr(model, fields[0])} failed: {exc}.")]
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(_MARK):
+            return json.loads(line[len(_MARK):])
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    last = said[-1].strip() if said else f"exit status {done.returncode}"
+    return [(("model", fields[0]), f"importing {getattr(model, fields[0]).partition(':')[0]} to check it "
+                                   f"ended the process ({last}). Fix the module so that it imports.")]
+
+
+def _child(payload: dict) -> str:
+    """The child's side of _in_child: one marked line of JSON."""
+    import json
+
+    from release.manifest import ModelSpec
+
+    model = ModelSpec.model_validate(payload["model"])
+    return _MARK + json.dumps(_in_process(model, Path(payload["root"]), payload["fields"]))
+
+
+def _in_process(model: ModelSpec, root: Path, fields: list[str]) -> list[tuple[tuple, str]]:
+    """Import each field's module here (the project folder first on sys.path), find the attribute,
+    and check the builder is callable and the adapter fits the protocol with its kwargs."""
+    from release import adapter as protocol
+    from release.usercode import import_object, load_adapter
+
+    found = []
+    for field in fields:
+        spec = getattr(model, field)
         with _on_path(root):
             try:
-                found = import_object(spec, f"model.{field}")
+                obj = import_object(spec, f"model.{field}")
                 if field == "adapter":
                     load_adapter(model)
             except ReleaseError as exc:
-                problems.add(*adapter_problem(exc, field))
+                found.append(adapter_problem(exc, field))
                 continue
-        if field == "builder" and not callable(found):
-            problems.add(("model", "builder"), f"{spec} is {protocol.kind_of(found)}, not callable: name the "
-                                               f"function (or class) that returns the nn.Module, called as "
-                                               f"builder(**model.kwargs).")
+        if field == "builder" and not callable(obj):
+            found.append((("model", "builder"), f"{spec} is {protocol.kind_of(obj)}, not callable: name the "
+                                                f"function (or class) that returns the nn.Module, called as "
+                                                f"builder(**model.kwargs)."))
+    return found
 
 
 def adapter_problem(exc: ReleaseError, field: str = "adapter") -> tuple[tuple, str]:
