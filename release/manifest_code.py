@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
     """model.builder and model.adapter, each problem located at its field.
 
-    User code that this process has not imported yet is checked in a child process: it may import
-    torch, and making a plan (which loads the manifest) keeps the doit process light; the model
-    check imports it when it runs. A check made once in a process is not made again for the same
+    In a light process (no torch loaded, the user's modules not imported yet) the code is checked
+    in a child process: it may import torch, and making a plan (which loads the manifest) keeps the
+    doit process light; the model check imports it when it runs. A check made once in a process is not made again for the same
     code (the model check loads the manifest again right after the plan was made)."""
     present = []
     for field in ("builder", "adapter"):
@@ -43,10 +43,12 @@ def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
     if not present:
         return
     with _on_path(root):
-        key = (model.model_dump_json(), str(root), tuple(present), _stamps(model))
+        key = (model.model_dump_json(), tuple(present), _stamps(model))  # the files found name the code
     if key not in _CHECKED:
-        imported = all(getattr(model, f).partition(":")[0] in sys.modules for f in present)
-        _CHECKED[key] = _in_process(model, root, present) if imported else _in_child(model, root, present)
+        # A process that holds torch already (the model check, a test run) has nothing to keep light.
+        light = "torch" not in sys.modules and not all(getattr(model, f).partition(":")[0] in sys.modules
+                                                       for f in present)
+        _CHECKED[key] = _in_child(model, root, present) if light else _in_process(model, root, present)
     for loc, message in _CHECKED[key]:
         problems.add(tuple(loc), message)
 
