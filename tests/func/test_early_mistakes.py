@@ -151,9 +151,9 @@ def test_each_mistake_is_one_located_line_before_any_stage(tmp_path, case):
 
 
 def test_a_good_adapter_passes_the_check_and_it_stays_up_to_date(tmp_path):
-    """The same project with a correct adapter: the check passes on real images, then the build
-    goes on (checked here only up to the check, by running it alone), and a second run finds it up
-    to date."""
+    """The same project with a correct adapter: the check passes on real images (run alone here, with
+    the data generator it waits for), a second run finds it up to date, and an edit of the
+    adapter's code runs it again."""
     (tmp_path / "userdet.py").write_text(USER_CODE)
     write_manifest(tmp_path, _doc())
     first = run_doit(tmp_path, "check", "manifest=tiny.yaml", timeout=300)
@@ -161,3 +161,7 @@ def test_a_good_adapter_passes_the_check_and_it_stays_up_to_date(tmp_path):
     assert executed(first.stdout) == ["generate:data", "check:tiny"], first.stdout
     again = run_doit(tmp_path, "check", "manifest=tiny.yaml", timeout=300)
     assert again.returncode == 0 and executed(again.stdout) == [], again.stdout + again.stderr
+    # The adapter's code edited: the check runs again (the data is still what it was).
+    (tmp_path / "userdet.py").write_text(USER_CODE + "\n# tuned\n")
+    edited = run_doit(tmp_path, "check", "manifest=tiny.yaml", timeout=300)
+    assert edited.returncode == 0 and executed(edited.stdout) == ["check:tiny"], edited.stdout + edited.stderr
