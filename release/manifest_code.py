@@ -27,8 +27,9 @@ def _check_user_code(model: ModelSpec, root: Path, problems: _Problems) -> None:
 
     In a light process (no torch loaded, the user's modules not imported yet) the code is checked
     in a child process: it may import torch, and making a plan (which loads the manifest) keeps the
-    doit process light; the model check imports it when it runs. A check made once in a process is not made again for the same
-    code (the model check loads the manifest again right after the plan was made)."""
+    doit process light; the model check imports it when it runs. A check made once in a process is
+    not made again for the same code (the model check loads the manifest again right after the
+    plan was made)."""
     present = []
     for field in ("builder", "adapter"):
         spec = getattr(model, field)
