@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from release.errors import ManifestError
+from release.manifest_code import _check_user_code
 from release.manifest_generators import _check_generators
 from release.manifest_paths import _check_paths, _resolve_data
 from release.manifest_variants import _check_data_needs, _parse_variants
@@ -365,12 +366,7 @@ def load(path: Path, root: Path | None = None) -> Manifest:
         problems.raise_if_any()
         raise  # unreachable: a ValidationError always has errors
 
-    for field in ("builder", "adapter"):
-        if _module_missing(getattr(manifest.model, field), root):
-            module = getattr(manifest.model, field).partition(":")[0]
-            problems.add(("model", field), f"no module '{module}' can be imported here or from the project "
-                                           f"folder {root}. Check the spelling ('package.module:name') and "
-                                           f"that the package is installed.")
+    _check_user_code(manifest.model, root, problems)
     manifest = _resolve_data(_absolute(manifest, root), problems)
     manifest._path = path
     manifest._version_from = context["version"].record() if "version" in context else None
@@ -397,30 +393,6 @@ def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:
     for loc, message in found:
         problems.add(loc, message)
     problems.raise_if_any()
-
-
-def _module_missing(spec: str, root: Path) -> bool:
-    """True when the module of 'package.module:name' can be found neither on sys.path nor in the
-    project folder (found, not imported): `doit` runs there with it on sys.path, and so does
-    `release check --root`."""
-    import importlib.util
-    from importlib.machinery import PathFinder
-
-    name = spec.partition(":")[0]
-    try:
-        if importlib.util.find_spec(name) is not None:
-            return False
-    except (ImportError, ValueError):
-        pass
-    parts, paths = name.split("."), [str(root)]
-    for i, part in enumerate(parts):
-        found = PathFinder.find_spec(part, paths)
-        if found is None:
-            return True
-        paths = found.submodule_search_locations
-        if paths is None:
-            return i != len(parts) - 1
-    return False
 
 
 def _absolute(manifest: Manifest, root: Path) -> Manifest:

@@ -62,24 +62,29 @@ def _generated(plan: Plan, names) -> list[str]:
 
 
 def _check_dep(plan: Plan) -> list[str]:
-    return [f"check:{plan.name}"] if plan.checked else []
+    return [f"check:{plan.name}"]
 
 
 def check_tasks(plan: Plan):
-    """Stages that can check the manifest against the model (prune patterns, a student's outputs,
-    an adapter's loss) do so in one task that runs before every stage and every generator that
-    trains the model."""
-    if not plan.checked:
-        return
+    """The model check (release/check.py) in one task that runs before every stage (so before every
+    measurement) and every generator that trains the model, and after the generators that make the
+    data it reads (one image of each split the build reads). Up to date while the checked stages'
+    fingerprints (params, stage, model and adapter code), the model section and the fingerprints of
+    that data hold."""
+    from release.check_images import SPLITS, trained_generators
     from release.fingerprint import digest
 
+    trained = trained_generators({n: (g.model_kwargs, g.after) for n, g in plan.generators.items()})
+    # The split a training generator makes is not there before the check: the check skips it.
+    splits = [s for s in SPLITS if s in plan.data_fp and not set(plan.data_after.get(s, [])) & trained]
+    makers = sorted({g for s in splits for g in plan.data_after.get(s, [])})
     out = plan.release_dir / "check.json"
-    key = digest(sorted(plan.checked))  # params, stage and model code
+    key = digest(sorted(plan.checked), plan.inputs["model"], {s: plan.data_fp[s] for s in splits})
     yield {
-        "name": plan.name, "doc": "check the manifest against the model before anything trains",
+        "name": plan.name, "doc": "check the manifest against the model and the data before anything trains",
         "actions": [(actions.check, [_job(plan, out=str(out), key=key)])],
         "targets": _rel(plan, [out]), "uptodate": [(actions.report_is_current, [str(out), key])], "clean": True,
-        "verbosity": 2,
+        "task_dep": _generated(plan, makers), "verbosity": 2,
     }
 
 

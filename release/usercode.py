@@ -18,18 +18,70 @@ IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
 def import_object(spec: str, field: str) -> Any:
-    """'package.module:attr' -> the object, with an error naming the manifest field."""
+    """'package.module:attr' -> the object, with an error naming the manifest field: a module that
+    is not there, one that fails as it is imported (where, in the user's file, and with what; no
+    traceback), an attribute it does not have (did you mean?)."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if not _is_the_module(exc, module_name):
+            raise ReleaseError(f"{field}: importing module '{module_name}' failed{where(exc)}: "
+                               f"{describe(exc)}. Fix that import (is the package it needs installed?).") from None
         raise ReleaseError(f"{field}: cannot import module '{module_name}' ({exc}). "
                            f"Is the package installed, and is the path spelled 'package.module:name'?") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised as it was imported; say where
+        raise ReleaseError(f"{field}: importing module '{module_name}' failed{where(exc)}: {describe(exc)}. "
+                           f"Fix the module so that it imports.") from None
     try:
         return getattr(module, attr)
     except AttributeError:
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ReleaseError(f"{field}: module '{module_name}' has no '{attr}'.{did_you_mean(attr, names)}") from None
+
+
+def _is_the_module(exc: ImportError, module_name: str) -> bool:
+    """Whether an ImportError says the named module (or a package on its path) is not there, as
+    opposed to an import inside it failing."""
+    missing = getattr(exc, "name", None)
+    parts = module_name.split(".")
+    return isinstance(exc, ModuleNotFoundError) and missing in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def describe(exc: BaseException) -> str:
+    """'ValueError: the last line of its message', for a one-line report of a user's exception."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1].strip()}" if lines else type(exc).__name__
+
+
+def where(exc: BaseException) -> str:
+    """' at file:line' of the innermost frame of the user's code an exception passed through (a
+    SyntaxError's own place), or '' when none did."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f" at {exc.filename}:{exc.lineno}"
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if _users(name):
+            found = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return f" at {found}" if found else ""
+
+
+def _users(filename: str) -> bool:
+    """A source file of the user's, not Python's, an installed package's or this build system's
+    own (its bundled demo models count as the user's)."""
+    import sysconfig
+
+    if filename.startswith("<"):
+        return False  # <frozen importlib._bootstrap>, <string>
+    path = Path(filename).resolve()
+    own = Path(__file__).resolve().parent
+    if path.is_relative_to(own):
+        return path.is_relative_to(own / "models")
+    paths = sysconfig.get_paths()
+    return not any(path.is_relative_to(Path(paths[key]).resolve())
+                   for key in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
 def module_file(spec: str) -> Path | None:
