@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from release.errors import ManifestError
 from release.manifest_code import _check_user_code
 from release.manifest_generators import _check_generators
-from release.manifest_paths import _check_paths, _resolve_data
+from release.manifest_paths import _absolute, _check_paths, _resolve_data
 from release.manifest_variants import _check_data_needs, _parse_variants
 from release.manifest_problems import _describe, _Problems, _short
 from release.manifest_yaml import _line_index, _parse, _read
@@ -394,20 +394,3 @@ def raise_problems(manifest: Manifest, found: list[tuple[tuple, str]]) -> None:
         problems.add(loc, message)
     problems.raise_if_any()
 
-
-def _absolute(manifest: Manifest, root: Path) -> Manifest:
-    """Resolve every relative path in the manifest against the project root."""
-
-    def fix(model: BaseModel) -> BaseModel:
-        updates = {}
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, Path) and not value.is_absolute():
-                updates[name] = root / value
-            elif isinstance(value, BaseModel):
-                updates[name] = fix(value)
-            elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
-                updates[name] = {k: fix(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
-        return model.model_copy(update=updates) if updates else model
-
-    return fix(manifest)

@@ -350,3 +350,22 @@ def _check_store(raw: dict, root: Path, problems: _Problems, outs: dict[str, Pat
             if len(problems.items) < problems.SHOWN:
                 problems.items.append(f"  {STORE_ENV} (environment variable, relative to {root}): {problem} "
                                       f"Or unset {STORE_ENV}.")
+
+
+def _absolute(manifest, root: Path):
+    """The manifest with every relative path in it resolved against the project root."""
+    from pydantic import BaseModel
+
+    def fix(model: BaseModel) -> BaseModel:
+        updates = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, Path) and not value.is_absolute():
+                updates[name] = root / value
+            elif isinstance(value, BaseModel):
+                updates[name] = fix(value)
+            elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+                updates[name] = {k: fix(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
+        return model.model_copy(update=updates) if updates else model
+
+    return fix(manifest)
