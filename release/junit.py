@@ -42,6 +42,9 @@ def _with_unit(value: float, unit: str) -> str:
 def describe(check: Check) -> str:
     """One line: the figure against its limit, and the margin (or why the figure does not count)."""
     relation = "max" if check.direction == "max" else "min"
+    if check.limit is None:  # a budget relative to the last release, when there is none to compare with
+        text = f"{check.label} {_with_unit(check.value, check.unit)}"
+        return f"{text}: {check.note or check.reason or 'not compared'}"
     text = f"{check.label} {_with_unit(check.value, check.unit)} vs {relation} {_with_unit(check.limit, check.unit)}"
     if check.reason:
         return f"{text}: {check.reason}"

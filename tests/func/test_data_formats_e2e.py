@@ -58,7 +58,8 @@ def figures(root: Path) -> dict:
     report = json.loads((root / "artifacts/tiny/report.json").read_text())
     out = {}
     for name, row in report["variants"].items():
-        measured = sorted((root / "artifacts/measure" / row["fingerprint"][:16]).glob("map-*.json"),
+        folder = root / "artifacts/measure" / row["fingerprint"][:16]
+        measured = sorted((p for p in folder.glob("map-*.json") if not p.name.endswith(".release-owner.json")),
                           key=lambda p: p.stat().st_mtime)[-1]
         out[name] = {k: v for k, v in json.loads(measured.read_text()).items() if k != "seconds"}
     return out
