@@ -56,7 +56,8 @@ def problems(manifest: Manifest, model, adapter) -> list[tuple[tuple, str]]:
                                            f"set model.input_shape to [1, {shape[1]}, {shape[2]}, {shape[3]}].")]
     for split in splits_read(manifest):
         ref = getattr(manifest.data, split)
-        if not ref.images.is_dir() or (ref.annotations is not None and not ref.annotations.is_file()):
+        # annotations: a COCO json, or a folder of YOLO txt / VOC xml labels
+        if not ref.images.is_dir() or (ref.annotations is not None and not ref.annotations.exists()):
             continue  # made by a generator that has not run (`release check` before a build)
         found = _on_split(manifest, model, adapter, split)
         if found:

@@ -375,3 +375,26 @@ def test_the_report_and_the_model_card_list_the_classes_in_output_order():
     report = Report(**base, classes=CLASSES)
     assert report.dump()["classes"] == CLASSES and Report.model_validate(report.dump()) == report
     assert "class index: name): 0 `cat`, 1 `dog`, 2 `bird`." in render.markdown(report)
+
+
+def test_the_model_check_runs_the_adapter_on_a_yolo_split(tmp_path, monkeypatch):
+    """The check's real-image pass reads YOLO (and VOC) splits too, whose annotations are a folder
+    of labels: an adapter that fails there is one located problem before any stage runs."""
+    from release import check
+    from release.errors import ManifestError
+
+    doc = yolo_project(tmp_path)
+    (tmp_path / "userdet.py").write_text(
+        "from release.models.demo.detector import Adapter as Demo, build  # noqa: F401\n\n\n"
+        "class Adapter(Demo):\n"
+        "    def postprocess(self, outputs, meta):\n"
+        "        raise ValueError('no anchors for stride 4')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc["model"].update(builder="userdet:build", adapter="userdet:Adapter")
+    doc["variants"] = {"fp32": ["strip", "export"]}
+    m = load(tmp_path, doc)
+    with pytest.raises(ManifestError) as err:
+        check.run(m)
+    text = str(err.value)
+    assert "model.adapter" in text and "postprocess" in text and "no anchors for stride 4" in text, text
+    assert "data.eval's first image" in text and "userdet.py:6" in text, text
