@@ -111,6 +111,7 @@ class Plan:
     checked: list[str]                    # fingerprints of the nodes the model check covers
     keys: dict                            # measurement keys: "size", and "map" / "latency" per fingerprint
     version_from: dict | None = None      # a version template and what it resolved to (release/versions.py)
+    check_code: str = ""                  # the model's and the model check's code (release/planner.py)
     store: Path | None = None             # the stage store (manifest `store:` or RELEASE_STORE); None: artifacts/
 
     @property

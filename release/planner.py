@@ -139,12 +139,21 @@ def _data_after(manifest: Manifest, generated: _Generated) -> dict[str, list[str
             for split in ("train", "calibration", "tuning", "eval") if (ref := getattr(manifest.data, split))}
 
 
+def _model_code(spec) -> str:
+    """The model section and the source of the builder's and the adapter's modules."""
+    return digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
+                  spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
+
+
+# What the model check runs: a change of these, or of the model's code, runs it again.
+CHECK_MODULES = ("release.check", "release.check_images", "release.adapter")
+
+
 def _stage_nodes(manifest: Manifest, store: Path, source_fp: str, data_fp: dict, data_after: dict,
                  source_after: list[str]):
     framework = code_hash(FRAMEWORK_MODULES)
     spec, source = manifest.model, manifest.source
-    model_code = digest(spec.builder, spec.kwargs, spec.input_shape, source_hash(module_file(spec.builder)),
-                        spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
+    model_code = _model_code(spec)
     source_cfg = digest(source.format, source.weights, sorted(source.drop), source.trusted, source.strict,
                         sorted(source.allow_missing))
     nodes: dict[str, StageNode] = {}
@@ -228,5 +237,6 @@ def build(manifest: Manifest, root: Path) -> Plan:
                 tracking=manifest.tracking.model_dump(mode="json"), generators=generators,
                 source_fp=source_fp, data_fp=data_fp, data_after=data_after, nodes=nodes, final=final,
                 chains=chains, checked=checked,
+                check_code=digest(_model_code(manifest.model), code_hash(CHECK_MODULES)),
                 keys=_measure_keys(manifest, data_fp, list(dict.fromkeys(final.values()))),
                 version_from=manifest.version_from, store=store)

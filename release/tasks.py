@@ -79,7 +79,7 @@ def check_tasks(plan: Plan):
     splits = [s for s in SPLITS if s in plan.data_fp and not set(plan.data_after.get(s, [])) & trained]
     makers = sorted({g for s in splits for g in plan.data_after.get(s, [])})
     out = plan.release_dir / "check.json"
-    key = digest(sorted(plan.checked), plan.inputs["model"], {s: plan.data_fp[s] for s in splits})
+    key = digest(sorted(plan.checked), plan.check_code, plan.inputs["model"], {s: plan.data_fp[s] for s in splits})
     yield {
         "name": plan.name, "doc": "check the manifest against the model and the data before anything trains",
         "actions": [(actions.check, [_job(plan, out=str(out), key=key)])],

@@ -99,3 +99,22 @@ def test_a_noop_with_a_recorded_plan_parses_nothing(project):
             for _ in range(2)]
     assert "pydantic" in runs[0].stdout  # the first run made the plan
     assert "LOADED: []" in runs[1].stdout, runs[1].stdout + runs[1].stderr
+
+
+def _check_key(plan) -> str:
+    (task,) = tasks.check_tasks(plan)
+    return task["actions"][0][1][0]["key"]
+
+
+def test_the_model_check_runs_again_when_its_code_or_the_model_code_changes(project):
+    """The check runs the adapter and the model on real images: the model's code and the check's own
+    (a newer release of this package finds more) are part of its key, whatever stages it covers."""
+    import dataclasses
+
+    first = _plan(project)
+    assert first.check_code
+    newer_check = dataclasses.replace(first, check_code="a newer release.check")
+    assert _check_key(newer_check) != _check_key(first)
+    (project / "mybuilder.py").write_text("from release.models.demo.detector import build  # noqa: F401\n# edited\n")
+    again = _plan(project)
+    assert again.check_code != first.check_code and _check_key(again) != _check_key(first)
