@@ -36,7 +36,7 @@ PLAN = tasks.plan_for(get_var("manifest", None), lock_wait=get_var("wait", None)
 
 
 def task_check():
-    """check the manifest against the model (prune patterns, student outputs) before any training"""
+    """check the model, the adapter on a real image of each split, prune patterns, students: before any stage"""
     yield from tasks.check_tasks(PLAN)
 
 
@@ -56,14 +56,17 @@ def task_measure():
 
 
 def task_gate():
+    """check every variant against the budgets: report.json, report.md, report.xml (JUnit)"""
     yield tasks.gate_task(PLAN)
 
 
 def task_publish():
+    """publish the selected variant to artifacts/<name>/release/<version>/ (never changed after)"""
     yield tasks.publish_task(PLAN)
 
 
 def task_track():
+    """log every variant of the build to MLflow (the embedded store unless tracking.uri)"""
     yield tasks.track_task(PLAN)
 
 
