@@ -16,6 +16,9 @@ such as 480 or 75; the nanopixel rounding removes that error, so labels written 
 short decimal) pixel boxes give back exactly those boxes whatever the image size, and no box moves
 by more than 5e-10 pixel from the label's exact value.
 
+A line with a segment's polygon (`class x1 y1 x2 y2 x3 y3 ...`, YOLO-seg labels) counts as the
+polygon's bounding box, as a detector trained on such labels reads it.
+
 Every label file of the split is parsed and every problem (column count, class index, numbers that
 are not finite or outside 0..1 beyond TOLERANCE) is reported at once, by file and line.
 """
@@ -34,9 +37,10 @@ TOLERANCE = Decimal("0.001")  # how far outside 0..1 a normalized coordinate may
 EXACT = decimal.Context(prec=60)  # label text has at most ~20 digits; products with a size stay exact
 NANOPIXEL = Decimal("1e-9")
 
-COLUMNS = ("line that is not 5 columns (class x_center y_center width height)",
-           "Each line of a YOLO label is `class x_center y_center width height`; segmentation polygons or a "
-           "confidence column are not read: write boxes only.")
+COLUMNS = ("line that is neither a box (5 columns: class x_center y_center width height) nor a polygon "
+           "(class x1 y1 x2 y2 x3 y3 ...: an odd count of at least 7)",
+           "Each line of a YOLO label is `class x_center y_center width height`, or a segment's polygon, which "
+           "counts as its bounding box; a confidence column is not read: write boxes only.")
 NUMBER = ("value that is not a finite number",
           "Write each coordinate as a decimal number (no nan or inf).")
 RANGE = ("box outside the image: normalized coordinates not within 0..1, or width/height not > 0",
@@ -102,7 +106,8 @@ def _parse(path: Path, classes: int, problems: _Problems, split: str | None) -> 
         if not cols:
             continue
         where = f"{path.name}:{n}: {line.strip()[:60]!r}"
-        if len(cols) != 5:
+        polygon = len(cols) >= 7 and len(cols) % 2 == 1
+        if len(cols) != 5 and not polygon:
             problems.add("line", *COLUMNS, where)
             continue
         cls = _index(cols[0])
@@ -113,6 +118,8 @@ def _parse(path: Path, classes: int, problems: _Problems, split: str | None) -> 
         if values is None or not all(v.is_finite() for v in values):
             problems.add("line", *NUMBER, where)
             continue
+        if polygon:  # a segment (YOLO-seg labels): its bounding box, as detector training reads it
+            values = _polygon_box(values[0::2], values[1::2])
         if cls is None or not 0 <= cls < classes:
             problems.add("line", f"class index not an integer in 0..{classes - 1}",
                          f"{_field(split, 'names')} has {classes} class{'es' * (classes != 1)}: fix the index, "
@@ -125,6 +132,12 @@ def _parse(path: Path, classes: int, problems: _Problems, split: str | None) -> 
             continue
         out.append((cls, cx, cy, w, h))
     return out
+
+
+def _polygon_box(xs: list[Decimal], ys: list[Decimal]) -> list[Decimal]:
+    """cx, cy, w, h of the box around a polygon's points (exact decimal arithmetic)."""
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return [EXACT.divide(x0 + x1, 2), EXACT.divide(y0 + y1, 2), EXACT.subtract(x1, x0), EXACT.subtract(y1, y0)]
 
 
 def _pixels(fraction: Decimal, size: int) -> float:

@@ -191,7 +191,7 @@ def test_malformed_yolo_labels_are_one_located_error(tmp_path):
         assert where in message, (where, message)
     assert "... and 1 more" in message  # b.txt:6, the third box outside the image (two listed per kind)
     assert "a.txt:1:" not in message and "b.txt:1:" not in message
-    assert "not 5 columns" in message and "class index not an integer in 0..2" in message
+    assert "neither a box (5 columns" in message and "class index not an integer in 0..2" in message
     assert "not a finite number" in message and "outside the image" in message and "data.eval.names" in message
 
 
@@ -398,3 +398,26 @@ def test_the_model_check_runs_the_adapter_on_a_yolo_split(tmp_path, monkeypatch)
     text = str(err.value)
     assert "model.adapter" in text and "postprocess" in text and "no anchors for stride 4" in text, text
     assert "data.eval's first image" in text and "userdet.py:6" in text, text
+
+
+def test_yolo_segment_polygons_count_as_their_boxes_and_crlf_and_suffix_case_are_read(tmp_path):
+    """YOLO-seg label lines (class x1 y1 ... xn yn) are read as their polygon's bounding box, the
+    same as the equivalent box line; Windows line ends and an upper-case suffix are fine."""
+    from PIL import Image
+
+    from release.manifest import DataRef
+
+    for name, labels in (("box", b"1 0.2 0.2 0.2 0.2\r\n"), ("seg", b"1 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\r\n")):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "labels").mkdir()
+        Image.new("RGB", (64, 48)).save(tmp_path / name / "images" / "a.JPG")
+        (tmp_path / name / "labels" / "a.txt").write_bytes(labels)
+    boxes = [open_split(DataRef(format="yolo", images=tmp_path / n / "images", names=["x", "y"]), "eval",
+                        labels=True) for n in ("box", "seg")]
+    (box,), (seg,) = [s.images for s in boxes]
+    assert boxes[0].boxes(box)[0].tolist() == boxes[1].boxes(seg)[0].tolist()
+    assert np.allclose(boxes[1].boxes(seg)[0], [[6.4, 4.8, 12.8, 9.6]])
+    six = tmp_path / "box" / "labels" / "a.txt"
+    six.write_text("1 0.2 0.2 0.2 0.2 0.9\n")  # a confidence column: not a label
+    with pytest.raises(DataError, match="a.txt:1"):
+        open_split(DataRef(format="yolo", images=tmp_path / "box" / "images", names=["x", "y"]), "eval", labels=True)
