@@ -276,11 +276,3 @@ def open_split(ref, split: str | None = None, labels: bool = False):
         raise LayoutError(split, "annotations", f"labels are needed, and there are none: no annotations, and no "
                                                 f"YOLO label files beside the images in {layout.images}{where}.")
     return data.image_folder(layout.images, ref.limit, split=split)
-
-
-def label_files(ref) -> list[Path]:
-    """The one file a split's labels come from when there is one (a COCO json), for a task's file_dep;
-    YOLO and VOC labels are many files, which the split's fingerprint covers one by one."""
-    fmt = getattr(ref, "format", "coco")
-    ann = ref.annotations
-    return [Path(ann)] if ann is not None and (fmt == "coco" or (fmt == "auto" and Path(ann).suffix == ".json")) else []

@@ -62,13 +62,10 @@ class HashCache:
         entry = self._entries.get(key)
         if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
             return entry[2]
-        h = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                h.update(block)
-        self._entries[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        sha = file_sha256(path)
+        self._entries[key] = [st.st_size, st.st_mtime_ns, sha]
         self._dirty = True
-        return h.hexdigest()
+        return sha
 
     def folder(self, path: Path, names: list[str] | None = None) -> str:
         """Hash of the named files (or every file) of a folder, by relative name and content."""
@@ -154,8 +151,12 @@ class HashCache:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a small file read whole (a report, a manifest, a source file, a released model)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a file, read in blocks of 1 MiB (a report or a source file, a model, a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def source_hash(path: Path | None) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from release.atomic import read_json, write_json
 from release.errors import ReleaseError
+from release.fingerprint import file_sha256
 
 MARK = ".release-owner.json"
 
@@ -56,8 +57,6 @@ def mark_folder(folder: Path, fingerprint: str) -> None:
 def owned_file(path: Path, fingerprint: str, field: str) -> bool:
     """True: the file is this build's, complete, made for `fingerprint`. False: absent, or ours but
     stale or unfinished. Raises for an existing file the build never claimed."""
-    from release.fingerprint import file_sha256
-
     path = Path(path)
     try:
         mark = read_json(_sidecar(path))
@@ -76,8 +75,6 @@ def claim_file(path: Path, fingerprint: str) -> None:
 
 
 def seal_file(path: Path, fingerprint: str) -> None:
-    from release.fingerprint import file_sha256
-
     st = Path(path).stat()
     write_json(_sidecar(Path(path)), {"made_by": "release", "fingerprint": fingerprint,
                                       "sha256": file_sha256(Path(path)), "size": st.st_size,
@@ -114,14 +111,6 @@ def remove_owned(path: str) -> None:
 
 # ---------------------------------------------------------------- the stage store
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def output_verified(out_dir: str, fingerprint: str, stamps: str) -> bool:
     """doit uptodate for a stage (it has no file_dep, so doit's own state is not needed: a store
     restored on a fresh runner is up to date): out_dir holds the output committed for this very
@@ -148,7 +137,7 @@ def output_verified(out_dir: str, fingerprint: str, stamps: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        if _sha256(output) != expected:
+        if file_sha256(output) != expected:
             return False  # the stage runs; its action finds no committed output and builds it anew
         write_json(stamp, {"path": str(output), "stat": now, "sha256": expected})
     except OSError:
@@ -161,7 +150,7 @@ def is_sealed(path: str, key: str) -> bool:
     measurement is a small json file: hashed every time)."""
     try:
         mark = read_json(_sidecar(Path(path)))
-        return mark["fingerprint"] == key and mark["sha256"] == _sha256(Path(path))
+        return mark["fingerprint"] == key and mark["sha256"] == file_sha256(Path(path))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -50,7 +50,6 @@ class StageNode:
     input: Path
     out_dir: Path
     produces: str
-    data_deps: list[Path]
     after: list[str] = field(default_factory=list)  # generators whose outputs it reads: it waits for them
     variants: list[str] = field(default_factory=list)
 
@@ -135,14 +134,6 @@ class Plan:
     def checkpoint(self) -> Path:
         return Path(self.inputs["source"]["checkpoint"])
 
-    @property
-    def eval_annotations(self) -> Path | None:
-        """data.eval's annotations when they are one file (COCO json), for file_dep; YOLO and VOC
-        label folders are covered file by file by the data fingerprint."""
-        ref = self.inputs["data"]["eval"]
-        ann, fmt = ref["annotations"], ref.get("format", "coco")
-        return Path(ann) if ann and (fmt == "coco" or (fmt == "auto" and ann.endswith(".json"))) else None
-
     def final_node(self, variant: str) -> StageNode:
         return self.nodes[self.final[variant]]
 
@@ -168,8 +159,7 @@ class Plan:
     def from_record(cls, doc: dict) -> Plan:
         nodes = {}
         for n in doc["nodes"]:
-            n = {**n, "input": Path(n["input"]), "out_dir": Path(n["out_dir"]),
-                 "data_deps": [Path(p) for p in n["data_deps"]]}
+            n = {**n, "input": Path(n["input"]), "out_dir": Path(n["out_dir"])}
             nodes[n["fingerprint"]] = StageNode(**n)
         generators = {name: GeneratorNode(**{**g, "out": Path(g["out"]), "targets": [Path(t) for t in g["targets"]]})
                       for name, g in doc["generators"].items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from release import fingerprint, stages
-from release.data_formats import label_files
 from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.generate import owner
 from release.manifest import Inputs, Manifest
@@ -176,14 +175,12 @@ def _stage_nodes(manifest: Manifest, store: Path, source_fp: str, data_fp: dict,
                 *([refs] if refs else []),
             )
             if fp not in nodes:
-                # Data a stage only verifies against stays out of file_dep (editing it must not re-run
-                # the stage, whose output it cannot change); when a generator makes it, the stage
-                # waits for that generator's task, as for the data it reads.
-                deps = sorted({f for s in reads for f in label_files(getattr(manifest.data, s))})
+                # The data a stage reads is in its fingerprint; when a generator makes it (or the data
+                # it only verifies against), the stage waits for that generator's task.
                 after = sorted({g for s in reads + sspec.verifies for g in data_after.get(s, [])} |
                                set(source_after if current == manifest.source.checkpoint else []))
                 nodes[fp] = StageNode(name, params_dict, params.model_dump(mode="json", exclude_unset=True), fp,
-                                      current, store / "stages" / name / short(fp), sspec.produces, deps,
+                                      current, store / "stages" / name / short(fp), sspec.produces,
                                       after=after)
             node = nodes[fp]
             node.variants.append(variant)
