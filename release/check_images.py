@@ -5,9 +5,10 @@ Evaluation, calibration and training all go image -> `preprocess` -> the network
 does not have or an exception in the user's code would otherwise show after strip and export had
 run (or a training run), as a traceback. Here each is one problem located at the manifest field
 (model.adapter, model.input_shape, model.builder), naming the split and the image, what was
-received, what was expected, and the fix. The model has the builder's random weights: the check is
-about shapes and types, so a postprocess that keeps no detection on it passes the row checks it
-cannot see (an (N, 5) array is refused even when N is 0).
+received, what was expected, and the fix. The model has the checkpoint's weights when the check
+could load them (release/check.py), else the builder's random ones: the row checks are about shapes
+and types (an (N, 5) array is refused even when N is 0), and how many detections each image kept
+is handed back, so that release/check.py warns when real weights find nothing anywhere.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def trained_generators(generators: dict[str, tuple[bool, list[str]]]) -> set[str
     return trained
 
 
-def problems(manifest: Manifest, model, adapter) -> list[tuple[tuple, str]]:
+def problems(manifest: Manifest, model, adapter, looked: list | None = None) -> list[tuple[tuple, str]]:
     """The adapter and the model on the first image of each split read; the problems of the first
-    split that has any (one fix is usually the fix for every split)."""
+    split that has any (one fix is usually the fix for every split). `looked` gets (image, number
+    of detections postprocess kept) for each image that passed."""
     shape = list(manifest.model.input_shape)
     if shape[0] != 1:
         return [(("model", "input_shape"), f"got batch {shape[0]} in {shape}; the build runs the model on one "
@@ -59,13 +61,13 @@ def problems(manifest: Manifest, model, adapter) -> list[tuple[tuple, str]]:
         # annotations: a COCO json, or a folder of YOLO txt / VOC xml labels
         if not ref.images.is_dir() or (ref.annotations is not None and not ref.annotations.exists()):
             continue  # made by a generator that has not run (`release check` before a build)
-        found = _on_split(manifest, model, adapter, split)
+        found = _on_split(manifest, model, adapter, split, looked if looked is not None else [])
         if found:
             return found
     return []
 
 
-def _on_split(manifest: Manifest, model, adapter, split: str) -> list[tuple[tuple, str]]:
+def _on_split(manifest: Manifest, model, adapter, split: str, looked: list) -> list[tuple[tuple, str]]:
     from release.data import open_split
 
     data = open_split(getattr(manifest.data, split), split=split)  # a broken split says so itself
@@ -79,7 +81,10 @@ def _on_split(manifest: Manifest, model, adapter, split: str) -> list[tuple[tupl
     outputs, found = _forward(manifest, model, x, context)
     if found:
         return found
-    return _postprocess(manifest, adapter, outputs, meta, context, len(data.categories), split)
+    found, kept = _postprocess(manifest, adapter, outputs, meta, context, len(data.categories), split)
+    if not found:
+        looked.append((f"data.{split}'s {data.image_path(record)}", kept))
+    return found
 
 
 def _preprocess(manifest: Manifest, adapter, image, context: str) -> tuple[Any, Any, list]:
@@ -143,7 +148,8 @@ def _forward(manifest: Manifest, model, x, context: str) -> tuple[list | None, l
 
 
 def _postprocess(manifest: Manifest, adapter, outputs: list, meta, context: str, classes: int,
-                 split: str) -> list[tuple[tuple, str]]:
+                 split: str) -> tuple[list[tuple[tuple, str]], int]:
+    """(problems, the number of detections kept)."""
     import numpy as np
 
     from release.usercode import describe, where
@@ -154,24 +160,24 @@ def _postprocess(manifest: Manifest, adapter, outputs: list, meta, context: str,
     except Exception as exc:  # noqa: BLE001 - the user's postprocess failed; say where, no traceback
         shapes = ", ".join(str(tuple(o.shape)) for o in outputs)
         return [(loc, f"{name}.postprocess(outputs, meta) raised{where(exc)} {context} (outputs of shapes "
-                      f"{shapes}): {describe(exc)}. Fix postprocess there.")]
+                      f"{shapes}): {describe(exc)}. Fix postprocess there.")], 0
     try:
         rows = np.asarray(dets, dtype=np.float64)
     except (TypeError, ValueError):
         return [(loc, f"{name}.postprocess returned {_kind(dets)} {context}, not a numeric array; expected an "
-                      f"(N, 6) float array, {ROWS}.")]
+                      f"(N, 6) float array, {ROWS}.")], 0
     if rows.size == 0 and rows.ndim < 2:
-        return []  # nothing kept (an empty list): fine
+        return [], 0  # nothing kept (an empty list): fine
     if rows.ndim != 2 or rows.shape[1] != 6:
         hint = (f" Its rows have {rows.shape[1]} values: is the score or the class index missing?"
                 if rows.ndim == 2 else "")
         return [(loc, f"{name}.postprocess returned an array of shape {rows.shape} {context}; expected (N, 6), "
-                      f"{ROWS}.{hint} Make postprocess return np.array of such rows.")]
+                      f"{ROWS}.{hint} Make postprocess return np.array of such rows.")], 0
     bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
     if bad.size:
         return [(loc, f"{name}.postprocess returned NaN or inf {context} (row {bad[0]}: {rows[bad[0]].tolist()}); "
-                      f"every value must be finite. Check the box decoding in postprocess.")]
-    return _classes(name, rows[:, 5], classes, split, context)
+                      f"every value must be finite. Check the box decoding in postprocess.")], 0
+    return _classes(name, rows[:, 5], classes, split, context), len(rows)
 
 
 def _classes(name: str, cls, classes: int, split: str, context: str) -> list[tuple[tuple, str]]:

@@ -159,6 +159,9 @@ def test_a_good_adapter_passes_the_check_and_it_stays_up_to_date(tmp_path):
     first = run_doit(tmp_path, "check", "manifest=tiny.yaml", timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert executed(first.stdout) == ["generate:data", "check:tiny"], first.stdout
+    # The checkpoint is trained after the check (generate.checkpoint takes model.kwargs): not loaded, and said.
+    assert "is made by generate.checkpoint, which runs after this check: the model is checked with the " \
+           "builder's random weights" in first.stdout, first.stdout
     again = run_doit(tmp_path, "check", "manifest=tiny.yaml", timeout=300)
     assert again.returncode == 0 and executed(again.stdout) == [], again.stdout + again.stderr
     # The adapter's code edited: the check runs again (the data is still what it was).
