@@ -18,9 +18,11 @@ manifest's `store:` or RELEASE_STORE names another folder (docs/ci-nightly.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import platform
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,6 +173,25 @@ class Plan:
 
 # ---------------------------------------------------------------- stamps
 
+@functools.lru_cache(maxsize=1)
+def host() -> dict:
+    """This host as a local latency figure depends on it: its CPU model (/proc/cpuinfo, read once
+    and only up to the first name; else what platform says) and its core count. The same reading
+    as release.measure.bench.cpu_model, which is not imported here: importing it sets thread
+    variables in this process."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                    cpu = value.strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count() or 1}
+
+
 def _stat(path: str) -> list | None:
     try:
         st = os.stat(path)
@@ -181,14 +202,15 @@ def _stat(path: str) -> list | None:
 
 def stamps(manifest: Path, read: set[str], version_from: dict | None = None, root: Path | None = None) -> dict:
     """What the plan depends on, as it is now: the manifest's bytes, each path planning read (size
-    and mtime; a folder's mtime), the folders imports come from, and the environment that matters
+    and mtime; a folder's mtime), the folders imports come from, this host (a local runner's
+    latency key names it: a plan restored on another machine is made anew), the environment that matters
     (with the variables a version template read); a version template's date or git describe too."""
     from release import versions
 
     paths = sorted(set(read) | {p for p in sys.path if p and os.path.isdir(p)})
     names = versions.env_names(version_from)
     found = {"manifest": str(manifest), "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
-             "python": sys.executable, "env": _env(names), "paths": {p: _stat(p) for p in paths}}
+             "python": sys.executable, "host": host(), "env": _env(names), "paths": {p: _stat(p) for p in paths}}
     if names:
         found["env_names"] = names
     version = versions.stamp(version_from, root if root is not None else Path(manifest).parent)
@@ -206,7 +228,7 @@ def holds(recorded: dict, manifest: Path) -> bool:
     version template's git describe runs git again)."""
     try:
         if recorded["manifest"] != str(manifest) or recorded["python"] != sys.executable \
-                or recorded["env"] != _env(recorded.get("env_names", ())):
+                or recorded.get("host") != host() or recorded["env"] != _env(recorded.get("env_names", ())):
             return False
         if any(_stat(p) != st for p, st in recorded["paths"].items()):
             return False

@@ -13,7 +13,7 @@ from release.fingerprint import HashCache, digest, source_hash, tool_versions
 from release.generate import owner
 from release.manifest import Inputs, Manifest
 from release.manifest_paths import store_folder
-from release.plan import GeneratorNode, Plan, StageNode, short
+from release.plan import GeneratorNode, Plan, StageNode, host, short
 from release.usercode import module_file
 
 # Code every stage runs through (the contract, building the user's model and adapter): a fix in any
@@ -144,8 +144,20 @@ def _model_code(spec) -> str:
                   spec.adapter, spec.adapter_kwargs, source_hash(module_file(spec.adapter)))
 
 
-# What the model check runs: a change of these, or of the model's code, runs it again.
-CHECK_MODULES = ("release.check", "release.check_images", "release.adapter")
+# What the model check runs: a change of these, or of the model's code, runs it again. The checkpoint
+# it loads is in its key through the checked stages' fingerprints (strip's covers its bytes, or its
+# generator's fingerprint, and how it is read).
+CHECK_MODULES = ("release.check", "release.check_images", "release.adapter", "release.checkpoint",
+                 "release.pickle_scan")
+
+
+def _latency_host(device: dict):
+    """A local runner's figure (local, and estimate, which scales one) is this host's: the CPU
+    model, its cores and the thread setting name it, so two build hosts sharing a stage store
+    never take each other's. An ssh runner's key names the device (its runner address) instead."""
+    if str(device.get("runner", "local")).startswith("ssh://"):
+        return None
+    return {**host(), "threads": device.get("threads")}
 
 
 def _stage_nodes(manifest: Manifest, store: Path, source_fp: str, data_fp: dict, data_after: dict,
@@ -198,8 +210,11 @@ def _measure_keys(manifest: Manifest, data_fp: dict, finals: list[str]) -> dict:
     # a change to any of them re-measures. A device's own onnxruntime is not known here; its
     # version is recorded in the figure.
     what = {k: v for k, v in manifest.device.items() if k not in ("description", "connect_timeout", "timeout")}
+    # A local runner's figure is this host's, so the key names the host; an ssh runner's names the
+    # device (its address is in the profile), and keeps the key it had.
+    here = _latency_host(manifest.device)
     latency_base = digest(what, manifest.measure.model_dump(mode="json"), tool_versions(("onnxruntime",)),
-                          code_hash(LATENCY_CODE))
+                          code_hash(LATENCY_CODE), *([here] if here else []))
     return {"size": code_hash(("release.measure.size",)),
             "map": {fp: digest("map", fp, map_base) for fp in finals},
             "latency": {fp: digest("latency", fp, latency_base) for fp in finals}}

@@ -118,3 +118,51 @@ def test_the_model_check_runs_again_when_its_code_or_the_model_code_changes(proj
     (project / "mybuilder.py").write_text("from release.models.demo.detector import build  # noqa: F401\n# edited\n")
     again = _plan(project)
     assert again.check_code != first.check_code and _check_key(again) != _check_key(first)
+
+
+def _latency_keys(project, monkeypatch, cpu: str, cores: int = 2) -> dict:
+    """The plan's latency keys as a build host with this CPU and core count makes them."""
+    from release import planner
+
+    here = {"cpu": cpu, "cores": cores}
+    monkeypatch.setattr(plans, "host", lambda: here)  # what the recorded plan's stamps compare
+    monkeypatch.setattr(planner, "host", lambda: here)
+    return _plan(project).keys
+
+
+def test_a_local_runner_latency_key_names_the_build_host(project, monkeypatch):
+    """Two build hosts sharing a stage store: a local runner's latency is this host's (CPU model,
+    cores, threads), so another host never takes it; a plan recorded on one is made anew on the
+    other. mAP does not depend on the host."""
+    amd = _latency_keys(project, monkeypatch, "AMD EPYC 7B13")
+    assert _made_anew(project, monkeypatch) == []  # the same host: the record holds
+    intel = _latency_keys(project, monkeypatch, "Intel(R) Xeon(R) Platinum 8375C")
+    more_cores = _latency_keys(project, monkeypatch, "AMD EPYC 7B13", cores=8)
+    assert amd["latency"].keys() == intel["latency"].keys()
+    for fp in amd["latency"]:
+        assert len({amd["latency"][fp], intel["latency"][fp], more_cores["latency"][fp]}) == 3
+    assert amd["map"] == intel["map"] == more_cores["map"] and amd["size"] == intel["size"]
+    doc = _doc()
+    doc["target"] = {"name": "tiny-host", "threads": 2}  # the thread setting: another figure
+    write_manifest(project, doc)
+    two = _latency_keys(project, monkeypatch, "AMD EPYC 7B13")
+    assert set(two["latency"].values()).isdisjoint(amd["latency"].values())
+
+
+def test_an_ssh_runner_latency_key_names_the_device_not_the_build_host(project, monkeypatch):
+    doc = _doc()
+    doc["target"] = {"name": "pi", "runner": "ssh://pi@192.0.2.7", "threads": 4}
+    write_manifest(project, doc)
+    amd = _latency_keys(project, monkeypatch, "AMD EPYC 7B13")
+    intel = _latency_keys(project, monkeypatch, "Intel(R) Xeon(R) Platinum 8375C", cores=8)
+    assert amd == intel
+
+
+def test_the_host_is_read_once_and_names_this_cpu():
+    plans.host.cache_clear()
+    first = plans.host()
+    assert plans.host() is first and plans.host.cache_info().misses == 1
+    assert first["cores"] == (os.cpu_count() or 1) and first["cpu"]
+    from release.measure import bench
+
+    assert first["cpu"] == bench.cpu_model()
