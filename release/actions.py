@@ -100,6 +100,7 @@ def run_stage(job: dict) -> None:
         return
     module = stages.load(job["stage"])
     params = module.Params.model_validate(job["params_set"])
+    checkpoint_sha = _checkpoint_sha256(Path(job["input"]), module.SPEC.consumes)
     started = time.perf_counter()
     # Outside the atomic folder, named by the fingerprint: survives an interrupt, so a training
     # stage resumes; only the same stage instance (same fingerprint) ever reads it.
@@ -124,9 +125,28 @@ def run_stage(job: dict) -> None:
             "schema_version": RECORD_SCHEMA, "stage": job["stage"], "version": module.SPEC.version,
             "fingerprint": job["fingerprint"], "input": job["input"], "params": job["params"],
             "produces": module.SPEC.produces, "output_sha256": file_sha256(ctx.output),
+            "checkpoint_sha256": checkpoint_sha,
             "tools": tool_versions(module.SPEC.tools), "seconds": round(time.perf_counter() - started, 3), "facts": facts,
         })
     shutil.rmtree(resume, ignore_errors=True)
+
+
+def _checkpoint_sha256(input_path: Path, consumes: str) -> str | None:
+    """The hash of the checkpoint a stage output comes from, as its stage.json records it: the
+    input's own for a stage that reads the checkpoint (hashed as it is read now), else what the
+    stage before it recorded. A stage output shared through the store keeps the checkpoint it was
+    made from, which a generated checkpoint (fingerprinted by its generator, not its bytes) may no
+    longer be; release.lock takes this one (release/publish.py). None: an upstream record from
+    before it was recorded."""
+    from release.fingerprint import file_sha256
+
+    if consumes == "checkpoint":
+        return file_sha256(input_path) if input_path.is_file() else None  # a missing one: the stage says so
+    try:
+        recorded = read_json(input_path.parent / "stage.json").get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
 
 
 def _progress() -> bool:

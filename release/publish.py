@@ -43,7 +43,8 @@ def data_record(ref, root: Path, hashes: HashCache) -> dict:
             "images_sha256": hashes.split(ref.annotations, ref.images, ref.format, ref.names), "limit": ref.limit}
 
 
-def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: Path, published_at: str) -> dict:
+def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: Path, published_at: str,
+          checkpoint_sha256: str | None = None) -> dict:
     data = {split: data_record(ref, Path(job["root"]), hashes) for split in ("train", "calibration", "eval")
             if (ref := getattr(inputs.data, split)) is not None}
     source = inputs.source
@@ -58,7 +59,11 @@ def _lock(report: Report, job: dict, inputs: Inputs, hashes: HashCache, model: P
         "published_at": published_at,
         "variant": report.selected, "fingerprint": row.fingerprint,
         "model_sha256": file_sha256(model),
-        "source": {"checkpoint": source.checkpoint.name, "sha256": hashes.file(source.checkpoint),
+        # The checkpoint the published model's stages were made from, as they recorded it (a stage
+        # output reused from the store may come from another night's generated checkpoint); the
+        # file's hash now only for a record from before stages recorded it.
+        "source": {"checkpoint": source.checkpoint.name,
+                   "sha256": checkpoint_sha256 or hashes.file(source.checkpoint),
                    "format": source.format, "trusted": source.trusted, "strict": source.strict,
                    "allow_missing": list(source.allow_missing)},
         "manifest": {"file": inputs.path.name, "sha256": hashes.file(inputs.path)},
@@ -121,17 +126,18 @@ def is_current(job: dict) -> bool:
     return verify(Path(job["release_dir"]))[1] is None
 
 
-def _verified_artifact(row: VariantRow, root: Path) -> Path:
-    """The selected variant's ONNX file, checked against the hash its stage recorded."""
+def _verified_artifact(row: VariantRow, root: Path) -> tuple[Path, dict]:
+    """The selected variant's ONNX file, checked against the hash its stage recorded, and that record."""
     from release.errors import ReleaseError
     from release.actions import committed_record
 
     artifact = root / row.artifact  # report paths are relative to the project root
-    if committed_record(artifact.parent, row.fingerprint) is None:
+    record = committed_record(artifact.parent, row.fingerprint)
+    if record is None:
         raise ReleaseError(f"{artifact}: does not match the hash its stage recorded in "
                            f"{artifact.parent / 'stage.json'} (damaged or edited after it was built); "
                            f"it was not published. Delete {artifact.parent} and run the build again.")
-    return artifact
+    return artifact, record
 
 
 def publish(report: Report, job: dict, log=print) -> dict:
@@ -146,7 +152,7 @@ def publish(report: Report, job: dict, log=print) -> dict:
 
     root = Path(job["root"])
     name = report.selected
-    source = _verified_artifact(report.release, root)
+    source, record = _verified_artifact(report.release, root)
     model_sha, metrics = file_sha256(source), _metrics(report, name)
     dest = Path(job["release_dir"])
     result = {"published": relative(dest, root), "variant": name, "model_sha256": model_sha,
@@ -174,7 +180,8 @@ def publish(report: Report, job: dict, log=print) -> dict:
     result["published_at"] = _first_published(lock, job, result)
     with atomic_dir(dest) as tmp:
         shutil.copyfile(source, tmp / "model.onnx")
-        lock = _lock(report, job, inputs, hashes, tmp / "model.onnx", result["published_at"])
+        lock = _lock(report, job, inputs, hashes, tmp / "model.onnx", result["published_at"],
+                     record.get("checkpoint_sha256"))
         write_json(tmp / "metrics.json", metrics)
         from release import render
 

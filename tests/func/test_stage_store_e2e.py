@@ -123,3 +123,55 @@ def test_a_changed_calibration_entry_is_calibrated_again(built, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "quantize: calibrating" in done.stdout and "ranges from the cache" not in done.stdout
     assert file_sha256(output) == before  # the ranges were computed again, not taken from the edited entry
+
+
+NIGHTLY = '''\
+import os
+from pathlib import Path
+
+from release.generate import generator
+
+
+@generator(writes="file", tools=("torch",), model_kwargs=True)
+def checkpoint(out: Path, *, num_classes: int = 3, width: float = 1.0) -> dict:
+    """A training run: other bytes every night, whatever its fingerprint."""
+    import torch
+
+    from release.models.demo.detector import build
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    state = build(num_classes, width, aux_head=True).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, out)
+    return {"written": out.name}
+'''
+
+
+def test_a_generated_checkpoint_reused_through_the_store_is_the_one_the_lock_names(tmp_path):
+    """Tonight's runner generates its checkpoint again (other bytes, the same generator fingerprint)
+    and takes last night's stage outputs from the store: release.lock names the checkpoint those
+    stages were made from, as their stage.json records it, not the file this runner made."""
+    store, first, second = tmp_path / "store", tmp_path / "night1", tmp_path / "night2"
+    first.mkdir()
+    (first / "nightly.py").write_text(NIGHTLY)
+    doc = tiny_manifest_dict()
+    doc["generate"]["data"]["kwargs"].update(train_images=8, calibration_images=4, eval_images=4)
+    doc["generate"]["checkpoint"] = {"run": "nightly:checkpoint", "out": "artifacts/demo/train_last.ckpt"}
+    doc["variants"] = {"fp32": ["strip", "export"]}
+    write_manifest(first, doc)
+    env = {"RELEASE_STORE": str(store)}
+    done = run_doit(first, "release", "manifest=tiny.yaml", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shutil.copytree(first, second, ignore=shutil.ignore_patterns("artifacts"))
+    done = run_doit(second, "release", "manifest=tiny.yaml", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = executed(done.stdout)
+    assert "generate:checkpoint" in ran and not [t for t in ran if t.startswith("stage:")], ran
+
+    (strip,) = store.glob("stages/strip/*/stage.json")
+    made_from = json.loads(strip.read_text())["checkpoint_sha256"]
+    (export,) = store.glob("stages/export/*/stage.json")
+    assert json.loads(export.read_text())["checkpoint_sha256"] == made_from
+    locks = [json.loads((p / "artifacts/tiny/release/0.0.1/release.lock").read_text()) for p in (first, second)]
+    assert locks[0]["source"]["sha256"] == locks[1]["source"]["sha256"] == made_from
+    assert made_from == file_sha256(first / "artifacts/demo/train_last.ckpt")
+    assert made_from != file_sha256(second / "artifacts/demo/train_last.ckpt")  # tonight's other bytes

@@ -38,14 +38,17 @@ def tiny_onnx(path: Path, scale: float = 2.0) -> Path:
     return path
 
 
-def commit_stage_output(root: Path, fingerprint: str = FINGERPRINT, scale: float = 2.0) -> str:
-    """model.onnx and the stage.json a stage writes beside it (release.actions.run_stage)."""
+def commit_stage_output(root: Path, fingerprint: str = FINGERPRINT, scale: float = 2.0,
+                        checkpoint_sha256: str | None = None) -> str:
+    """model.onnx and the stage.json a stage writes beside it (release.actions.run_stage); one from
+    before stages recorded their checkpoint's hash when it is not given."""
     out = root / "artifacts" / "stages" / "export" / fingerprint
     model = tiny_onnx(out / "model.onnx", scale)
+    made_from = {"checkpoint_sha256": checkpoint_sha256} if checkpoint_sha256 else {}
     (out / "stage.json").write_text(json.dumps({
         "schema_version": 1, "stage": "export", "version": 1, "fingerprint": fingerprint, "input": "w",
-        "params": {}, "produces": "onnx", "output_sha256": file_sha256(model), "tools": TOOLS, "seconds": 0.1,
-        "facts": {}}))
+        "params": {}, "produces": "onnx", "output_sha256": file_sha256(model), **made_from, "tools": TOOLS,
+        "seconds": 0.1, "facts": {}}))
     return str(model.relative_to(root))
 
 
@@ -124,6 +127,27 @@ def test_a_bundle_is_published_with_its_lock(project):
     # The same report again: the bundle is left as it is.
     assert pub.publish(report, job, log=logs.append) == result
     assert logs == ["publish: artifacts/tiny/release/0.0.1 already holds exactly this release; left as it is"]
+
+
+def test_the_lock_names_the_checkpoint_the_published_model_was_made_from(project):
+    """A stage chain reused from a shared store may come from another night's generated checkpoint
+    (same generator fingerprint, other bytes): release.lock and the card name the checkpoint its
+    stage record names, not the file there tonight. A record from before stages recorded it: the
+    file's hash, as before."""
+    root, job = project
+    made_from = "c" * 64
+    report = report_for(root, commit_stage_output(root, checkpoint_sha256=made_from))
+    pub.publish(report, job, log=lambda m: None)
+    dest = Path(job["release_dir"])
+    lock = json.loads((dest / "release.lock").read_text())
+    tonight = file_sha256(root / "artifacts" / "demo" / "train_last.ckpt")
+    assert lock["source"]["sha256"] == made_from != tonight
+    assert f"sha256 `{made_from[:16]}…`" in (dest / "MODEL_CARD.md").read_text()
+
+    older = report_for(root, commit_stage_output(root, fingerprint="f" * 64), fingerprint="f" * 64)
+    job = {**job, "release_dir": str(dest.with_name("0.0.2"))}
+    pub.publish(older.model_copy(update={"version": "0.0.2"}), job, log=lambda m: None)
+    assert json.loads((dest.with_name("0.0.2") / "release.lock").read_text())["source"]["sha256"] == tonight
 
 
 def test_the_action_records_the_report_it_published(project):

@@ -188,3 +188,39 @@ def test_a_bad_release_store_stops_the_build_before_anything_runs(tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "RELEASE_STORE (environment variable" in done.stderr and "holds the project folder" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "stages").exists()
+
+
+def _run_stage(plan, node) -> dict:
+    """A stage task's action, as doit runs it; its stage.json."""
+    from release import actions
+
+    (task,) = [t for t in tasks.stage_tasks(plan) if t["name"] == node.task_name]
+    assert actions.run_stage(task["actions"][0][1][0]) is None  # not a doit failure
+    return json.loads(node.record.read_text())
+
+
+def test_every_stage_records_the_checkpoint_its_output_comes_from(tmp_path):
+    """stage.json names the checkpoint's hash: the reading stage hashes the file it read, each later
+    one copies its input's record. A generated checkpoint is fingerprinted by its generator, not its
+    bytes, so a stage output shared through the store may come from another night's checkpoint:
+    the chain's record (what release.lock takes) says which, whatever the file holds now."""
+    import torch
+
+    from release.fingerprint import file_sha256
+    from release.models.demo import shapes
+    from release.models.demo.detector import build
+
+    shapes.generate(tmp_path / "artifacts/demo/data", seed=0, image_size=64, workers=1,
+                    splits={"train": 2, "calibration": 2, "eval": 2})  # export checks parity on eval
+    ckpt = tmp_path / "artifacts/demo/train_last.ckpt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in build(3, 0.5, aux_head=True).state_dict().items()}}, ckpt)
+    doc = tiny_manifest_dict()
+    doc.pop("generate")
+    doc["variants"] = {"fp32": ["strip", "export"]}
+    plan = _plan(tmp_path, doc)
+    strip, export = (plan.nodes[fp] for fp in plan.chains["fp32"])
+    made_from = file_sha256(ckpt)
+    assert _run_stage(plan, strip)["checkpoint_sha256"] == made_from
+    ckpt.write_bytes(b"tonight's checkpoint, with the same generator fingerprint")
+    assert _run_stage(plan, export)["checkpoint_sha256"] == made_from  # the chain's, not the file's now
